@@ -1,0 +1,5 @@
+"""Chandler's Discord bot: forwards mentions, DMs and slash commands to the backend over HTTP."""
+
+from .bot import ChandlerBot, create_bot, split_message
+
+__all__ = ["ChandlerBot", "create_bot", "split_message"]

@@ -1,0 +1,71 @@
+"""`python -m train {sft,evaluate}`: see README."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from serve.base_model import EMBEDDED, ModelLoadError
+from train.examples import TrainDataError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description="Fine-tune and evaluate the Chandler adapter.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sft = commands.add_parser("sft", help="QLoRA fine-tuning on a built dataset")
+    sft.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
+    sft.add_argument("--base-model", default=EMBEDDED, help="'embedded' (SmolLM2-135M), a Hugging Face id or a folder")
+    sft.add_argument("--out", type=Path, required=True)
+    sft.add_argument("--max-steps", type=int, default=-1)
+    sft.add_argument("--epochs", type=float, default=1.0)
+    sft.add_argument("--limit", type=int, help="use only the first N pairs of each split")
+    sft.add_argument("--eval-limit", type=int, help="validation pairs used at each evaluation")
+    sft.add_argument("--eval-steps", type=int, default=50)
+    sft.add_argument("--save-steps", type=int, default=100)
+    sft.add_argument("--learning-rate", type=float, default=2e-4)
+    sft.add_argument("--lora-r", type=int, default=16)
+    sft.add_argument("--no-4bit", dest="use_4bit", action="store_false", help="fp32 LoRA instead of a 4-bit base")
+    sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
+    sft.add_argument("--overwrite", action="store_true", help="replace an adapter already in OUT")
+    sft.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def run_sft(args: argparse.Namespace) -> None:
+    from train.sft import SFTConfig, train
+
+    config = SFTConfig(
+        data=str(args.data),
+        out=str(args.out),
+        base_model=args.base_model,
+        use_4bit=args.use_4bit,
+        lora_r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        eval_steps=args.eval_steps,
+        eval_limit=args.eval_limit,
+        save_steps=args.save_steps,
+        limit=args.limit,
+        seed=args.seed,
+    )
+    print(train(config, resume=args.resume, overwrite=args.overwrite))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from train.sft import OutputInUse
+
+    try:
+        {"sft": run_sft}[args.command](args)
+    except (ModelLoadError, TrainDataError, OutputInUse) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
