@@ -1,0 +1,469 @@
+"""The Discord bot, driven by dpytest against a real HTTP backend on loopback that speaks the contract.
+
+dpytest stands in for Discord's gateway and REST API; the slash commands get a stand-in Interaction
+(Discord's side of an interaction), since dpytest does not do interactions. Nothing of the bot is mocked.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+import discord.ext.test as dpytest
+import pytest
+import pytest_asyncio
+from discord.ext.test import backend as fake_discord
+from discord.ext.test import callbacks, factories
+
+from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy
+from discord_bot import bot as chandler
+from discord_bot import create_bot, split_message
+from discord_bot.config import ConfigError, from_env
+
+
+
+def pings_nobody(allowed_mentions: dict[str, Any]) -> bool:
+    """Discord's allowed_mentions payload that lets no @everyone, user, role or replied-to author be pinged."""
+    pings = (allowed_mentions.get(k) for k in ("users", "roles", "replied_user"))
+    return allowed_mentions.get("parse") == [] and not any(pings)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class World:
+    bot: chandler.ChandlerBot
+    channel: discord.TextChannel
+    monica: discord.Member
+    ross: discord.Member
+    payloads: list[dict[str, Any]] = field(default_factory=list)  # what the bot POSTed to Discord's API
+    typing: list[int] = field(default_factory=list)  # channels that got a typing indicator
+
+    def mention(self, text: str) -> str:
+        return f"<@{self.bot.user.id}> {text}"
+
+    async def say(self, text: str, member: discord.abc.User | None = None, channel: Any = None) -> discord.Message:
+        return await dpytest.message(text, channel=channel or self.channel, member=member or self.monica)
+
+    def sent(self) -> list[str]:
+        return [p["content"] for p in self.payloads]
+
+
+def _record_discord_side(world: World) -> None:
+    real_send = world.bot.http.send_message
+
+    async def send_message(channel_id: int, *, params: Any) -> Any:
+        world.payloads.append(params.payload)
+        channel = world.bot.get_channel(channel_id)  # noqa: F841 - dpytest's fake API reads its caller's `channel`
+        return await real_send(channel_id, params=params)
+
+    async def send_typing(channel: Any) -> None:
+        world.typing.append(channel.id)
+
+    world.bot.http.send_message = send_message
+    callbacks.set_callback(send_typing, "send_typing")
+
+
+@pytest_asyncio.fixture
+async def backend():
+    async with ContractBackend() as server:
+        yield server
+
+
+@pytest_asyncio.fixture
+async def start(backend):
+    bots: list[chandler.ChandlerBot] = []
+
+    async def start(api_url: str | None = None, **options: Any) -> World:
+        options = {"cooldown": 0, "retry_wait": 0.05, **options}
+        bot = create_bot(api_url or backend.url, api_key="test-key", **options)
+        await bot._async_setup_hook()
+        # dpytest finds the members a message mentions in the guild's member cache, so the test
+        # client caches members; on Discord they arrive with the message, without that intent.
+        bot._connection._intents.members = True
+        bot._connection.member_cache_flags = discord.MemberCacheFlags.all()
+        dpytest.configure(bot, members=["Monica", "Ross"])
+        bot._connection.loop = asyncio.get_running_loop()  # dpytest's state leaves it unset; typing() needs it
+        config = dpytest.get_config()
+        world = World(bot, config.channels[0], *config.members)
+        _record_discord_side(world)
+        bots.append(bot)
+        return world
+
+    yield start
+    await dpytest.empty_queue()
+    callbacks.remove_callback("send_typing")
+    for bot in bots:  # bot.close() would also close dpytest's fake gateway, which has no socket
+        await bot.session.close()
+
+
+# --- mentions -------------------------------------------------------------------------------
+
+
+async def test_mention_gets_a_reply_from_the_backend(start, backend):
+    world = await start()
+    backend.reply_with("Could this meeting BE any longer?")
+    asked = await world.say(world.mention(f"how was work with <@{world.ross.id}>?"))
+
+    [request] = backend.received
+    assert (request.method, request.path) == ("POST", "/v1/chat")
+    assert request.json == {
+        "channel_id": str(world.channel.id),
+        "user": {"id": str(world.monica.id), "name": world.monica.display_name},
+        "message": f"how was work with @{world.ross.display_name}?",
+    }
+    assert request.headers["Authorization"] == "Bearer test-key"
+    assert world.typing == [world.channel.id]
+
+    [payload] = world.payloads
+    assert payload["content"] == "Could this meeting BE any longer?"
+    assert pings_nobody(payload["allowed_mentions"])
+    assert int(payload["message_reference"]["message_id"]) == asked.id  # a reply to that message
+    assert dpytest.verify().message().content("Could this meeting BE any longer?")
+
+
+async def test_message_without_a_mention_is_ignored(start, backend):
+    world = await start()
+    await world.say("Chandler, how was work?")
+    await world.say(f"<@{world.ross.id}> how was work?")
+    assert backend.received == []
+    assert world.payloads == []
+    assert dpytest.verify().message().nothing()
+
+
+async def test_everyone_ping_is_not_a_mention_of_the_bot(start, backend):
+    world = await start()
+    # dpytest.message() never sets mention_everyone, so the gateway event is built with its factory
+    data = factories.make_message_dict(
+        world.channel, world.monica, content="@everyone meeting at Central Perk", mention_everyone=True
+    )
+    fake_discord.get_state().parse_message_create(data)
+    await dpytest.run_all_events()
+    assert world.bot.user.mentioned_in(world.channel.last_message)  # discord.py would count it ...
+    assert backend.received == []  # ... the bot does not
+
+
+async def test_bot_authors_are_ignored(start, backend):
+    world = await start()
+    other = fake_discord.get_state().store_user(factories.make_user_dict("Ugly Naked Bot", "0042", None, bot=True))
+    other_member = fake_discord.make_member(other, world.channel.guild)
+    await world.say(world.mention("beep boop"), member=other_member)
+    assert backend.received == []
+    assert world.payloads == []
+
+
+async def test_its_own_reply_mentioning_itself_does_not_loop(start, backend):
+    world = await start()
+    backend.reply_with(f"Did somebody say <@{world.bot.user.id}>?")
+    await world.say(world.mention("hi"))
+    assert len(backend.received) == 1
+    assert len(world.payloads) == 1
+
+
+async def test_direct_message_needs_no_mention(start, backend):
+    world = await start()
+    dm = await world.monica.create_dm()
+    await world.say("is this a DM?", channel=dm)
+    assert backend.received[0].json["message"] == "is this a DM?"
+    assert backend.received[0].json["channel_id"] == str(dm.id)
+    assert world.sent() == [DEFAULT_REPLY]
+
+
+async def test_bare_mention_gets_a_nudge_without_calling_the_backend(start, backend):
+    world = await start()
+    await world.say(f"<@{world.bot.user.id}>")
+    assert backend.received == []
+    assert world.sent() == [chandler.EMPTY]
+
+
+# --- what is sent back ------------------------------------------------------------------------
+
+
+async def test_backend_reply_with_pings_pings_nobody(start, backend):
+    world = await start()
+    backend.reply_with(f"@everyone look, <@{world.ross.id}> and <@&234567890123456789> are here")
+    await world.say(world.mention("who's here?"))
+    [payload] = world.payloads
+    assert payload["content"].startswith("@everyone look, <@")  # the text is kept, the pings are not
+    assert pings_nobody(payload["allowed_mentions"])
+
+
+def test_pinging_nobody_is_also_the_clients_default():
+    # dpytest swaps the client's connection state, so this is checked on a bot it has not touched
+    assert pings_nobody(create_bot("http://127.0.0.1:9").allowed_mentions.to_dict())
+
+
+async def test_long_reply_is_split_at_sentence_ends(start, backend):
+    world = await start()
+    sentence = "I'm not great at the advice, can I interest you in a sarcastic comment? "
+    text = (sentence * 60).strip()  # about 4,300 characters
+    backend.reply_with(text)
+    await world.say(world.mention("any advice?"))
+
+    chunks = world.sent()
+    assert len(chunks) == 3
+    assert all(len(c) <= 2000 and c.endswith("comment?") for c in chunks)
+    assert " ".join(chunks) == text
+    assert "message_reference" in world.payloads[0]
+    assert all("message_reference" not in p for p in world.payloads[1:])
+    assert all(pings_nobody(p["allowed_mentions"]) for p in world.payloads)
+
+
+def test_split_falls_back_to_words_then_hard_cuts():
+    words = " ".join(["transponster"] * 400)  # no sentence ends
+    chunks = split_message(words)
+    assert [len(c) <= 2000 for c in chunks] == [True] * len(chunks)
+    assert all(c.split() == ["transponster"] * len(c.split()) for c in chunks)  # no word was cut
+    assert " ".join(chunks) == words
+    assert split_message("x" * 4500) == ["x" * 2000, "x" * 2000, "x" * 500]
+    assert split_message("short. text") == ["short. text"]
+
+
+# --- backend trouble --------------------------------------------------------------------------
+
+
+async def test_503_is_retried_once_then_apologised_for(start, backend):
+    world = await start(max_retry_wait=0.3)
+    backend.queue(busy(retry_after="10"), busy(retry_after="10"))
+    await world.say(world.mention("hello?"))
+    first, second = backend.received
+    assert 0.25 <= second.at - first.at < 2  # Retry-After honoured, but capped
+    assert world.sent() == [chandler.APOLOGY]
+    assert "Traceback" not in world.sent()[0]
+
+
+async def test_503_then_success_delivers_the_reply(start, backend):
+    world = await start(retry_wait=30)  # Retry-After: 0 must win over the default backoff
+    backend.queue(busy(retry_after="0"))
+    backend.reply_with("Sorry, I was in the bathroom.")
+    await world.say(world.mention("hello?"))
+    first, second = backend.received
+    assert second.at - first.at < 2
+    assert world.sent() == ["Sorry, I was in the bathroom."]
+
+
+async def test_slow_backend_times_out_retries_then_apologises(start, backend):
+    world = await start(timeout=0.3)
+    backend.queue(Answer(delay=2), Answer(delay=2))
+    await world.say(world.mention("still there?"))
+    assert len(backend.received) == 2
+    assert world.sent() == [chandler.APOLOGY]
+
+
+async def test_backend_down_apologises(start):
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    world = await start(api_url=f"http://127.0.0.1:{port}")
+    await world.say(world.mention("anyone home?"))
+    assert world.sent() == [chandler.APOLOGY]
+
+
+async def test_rejected_input_is_not_retried(start, backend):
+    world = await start()
+    backend.queue(Answer(status=413, body={"error": {"code": "too_long", "message": "message too long"}}))
+    await world.say(world.mention("blah " * 50))
+    assert len(backend.received) == 1
+    assert world.sent() == [chandler.TOO_MUCH]
+
+
+# --- who, where, how often --------------------------------------------------------------------
+
+
+async def test_cooldown_sends_one_notice_then_stays_quiet(start, backend):
+    world = await start(cooldown=60)
+    for _ in range(3):
+        await world.say(world.mention("again!"))
+    await world.say(world.mention("my turn"), member=world.ross)
+    assert len(backend.received) == 2  # Monica once, Ross once
+    assert world.sent()[0] == DEFAULT_REPLY
+    assert world.sent()[1].startswith("Whoa, one sarcastic remark at a time")
+    assert world.sent()[2] == DEFAULT_REPLY
+    assert len(world.sent()) == 3
+
+
+async def test_block_and_allow_lists(start, backend):
+    world = await start()
+    world.bot.options = chandler.Options(cooldown=0, blocked_users={world.ross.id})
+    await world.say(world.mention("hi"), member=world.ross)
+    assert backend.received == []
+
+    world.bot.options = chandler.Options(cooldown=0, allowed_channels={world.channel.id + 1})
+    await world.say(world.mention("hi"))
+    assert backend.received == []
+
+    role = fake_discord.make_role("Central Perk regulars", world.channel.guild)
+    await dpytest.add_role(world.monica, role)
+    world.bot.options = chandler.Options(cooldown=0, allowed_roles={role.id})
+    await world.say(world.mention("hi"), member=world.ross)
+    await world.say(world.mention("hi"))
+    assert [r.json["user"]["id"] for r in backend.received] == [str(world.monica.id)]
+
+
+# --- slash commands -------------------------------------------------------------------------
+
+
+class StandInInteraction:
+    """Discord's side of an interaction: what the command callbacks use of discord.Interaction."""
+
+    def __init__(self, world: World, user: Any, channel: Any, permissions: discord.Permissions) -> None:
+        self.client, self.user, self.channel, self.permissions = world.bot, user, channel, permissions
+        self.channel_id = channel.id
+        self.guild = getattr(channel, "guild", None)
+        self.calls: list[tuple[str, float, Any, dict[str, Any]]] = []
+        self.response = self._Part(self, "response")
+        self.followup = self._Part(self, "followup")
+
+    class _Part:
+        def __init__(self, owner: "StandInInteraction", name: str) -> None:
+            self.owner, self.name = owner, name
+
+        def __getattr__(self, method: str) -> Any:
+            async def record(content: Any = None, **kwargs: Any) -> None:
+                self.owner.calls.append((f"{self.name}.{method}", time.monotonic(), content, kwargs))
+
+            return record
+
+    def names(self) -> list[str]:
+        return [name for name, *_ in self.calls]
+
+
+def interaction(world: World, user: Any = None, channel: Any = None, **permissions: bool) -> StandInInteraction:
+    return StandInInteraction(world, user or world.monica, channel or world.channel, discord.Permissions(**permissions))
+
+
+async def test_slash_chandler_defers_then_follows_up_visibly(start, backend):
+    world = await start()
+    backend.reply_with("I'm Chandler. I make jokes when I'm uncomfortable.")
+    act = interaction(world)
+    await world.bot.tree.get_command("chandler").callback(act, message="  who are you?  ")
+
+    assert act.names() == ["response.defer", "followup.send"]
+    (_, deferred_at, _, defer_kwargs), (_, _, content, send_kwargs) = act.calls
+    assert defer_kwargs == {"thinking": True}  # visible, not ephemeral
+    assert deferred_at < backend.received[0].at  # deferred before the slow part
+    assert backend.received[0].json == {
+        "channel_id": str(world.channel.id),
+        "user": {"id": str(world.monica.id), "name": world.monica.display_name},
+        "message": "who are you?",
+    }
+    assert content == "I'm Chandler. I make jokes when I'm uncomfortable."
+    assert pings_nobody(send_kwargs["allowed_mentions"].to_dict())
+    assert not send_kwargs.get("ephemeral")
+
+
+async def test_slash_chandler_apologises_when_backend_is_busy(start, backend):
+    world = await start(max_retry_wait=0)
+    backend.queue(busy(), busy())
+    act = interaction(world)
+    await world.bot.tree.get_command("chandler").callback(act, message="hi")
+    assert act.names() == ["response.defer", "followup.send"]
+    assert act.calls[1][2] == chandler.APOLOGY
+
+
+async def test_slash_chandler_cooldown_is_ephemeral(start, backend):
+    world = await start(cooldown=60)
+    command = world.bot.tree.get_command("chandler").callback
+    await command(interaction(world), message="one")
+    act = interaction(world)
+    await command(act, message="two")
+    assert len(backend.received) == 1
+    assert act.names() == ["response.send_message"]
+    assert act.calls[0][2].startswith("Whoa") and act.calls[0][3]["ephemeral"] is True
+
+
+async def test_forget_with_manage_messages_clears_the_channel(start, backend):
+    world = await start()
+    act = interaction(world, manage_messages=True)
+    await world.bot.tree.get_command("chandler-forget").callback(act)
+    [request] = backend.received
+    assert (request.method, request.path) == ("DELETE", f"/v1/channels/{world.channel.id}/context")
+    assert request.headers["Authorization"] == "Bearer test-key"
+    assert act.names() == ["response.defer", "followup.send"]
+    assert act.calls[0][3] == {"ephemeral": True, "thinking": True}
+    assert act.calls[1][2] == chandler.FORGOTTEN
+
+
+async def test_forget_without_permission_is_refused(start, backend):
+    world = await start()
+    act = interaction(world, send_messages=True)
+    await world.bot.tree.get_command("chandler-forget").callback(act)
+    assert backend.received == []
+    assert act.names() == ["response.send_message"]
+    assert act.calls[0][2] == chandler.FORGET_DENIED and act.calls[0][3]["ephemeral"] is True
+
+
+async def test_forget_in_a_dm_needs_no_permission(start, backend):
+    world = await start()
+    dm = await world.monica.create_dm()
+    act = interaction(world, channel=dm)
+    await world.bot.tree.get_command("chandler-forget").callback(act)
+    assert [r.path for r in backend.received] == [f"/v1/channels/{dm.id}/context"]
+    assert act.calls[-1][2] == chandler.FORGOTTEN
+
+
+async def test_forget_reports_backend_failure(start, backend):
+    world = await start()
+    backend.queue(Answer(status=500, body={"error": {"code": "internal", "message": "boom"}}))
+    act = interaction(world, manage_messages=True)
+    await world.bot.tree.get_command("chandler-forget").callback(act)
+    assert act.calls[-1][2] == chandler.APOLOGY
+
+
+# --- configuration and logging ----------------------------------------------------------------
+
+
+def test_missing_token_exits_2_with_one_line():
+    env = {k: v for k, v in os.environ.items() if k != "DISCORD_TOKEN"}
+    command = [sys.executable, "-m", "discord_bot"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "DISCORD_TOKEN" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_config_from_env():
+    config = from_env(
+        {
+            "DISCORD_TOKEN": "tok",
+            "CHANDLER_API_URL": "http://backend:8000/",
+            "BLOCKED_USER_IDS": "1, 2",
+            "ALLOWED_CHANNEL_IDS": "3",
+            "CHANDLER_COOLDOWN": "2.5",
+            "DEV_GUILD_ID": "42",
+        }
+    )
+    assert config.api_url == "http://backend:8000" and config.api_key is None
+    assert config.options.blocked_users == {1, 2} and config.options.allowed_channels == {3}
+    assert config.options.cooldown == 2.5 and config.options.dev_guild_id == 42
+    assert "tok" not in repr(config)
+    with pytest.raises(ConfigError, match="ALLOWED_ROLE_IDS"):
+        from_env({"DISCORD_TOKEN": "tok", "ALLOWED_ROLE_IDS": "admins"})
+
+
+async def test_contents_only_logged_at_debug(start, backend, caplog):
+    world = await start()
+    backend.reply_with("PIVOT reply text")
+    with caplog.at_level("INFO", logger="discord_bot"):
+        await world.say(world.mention("secret sofa plans"))
+    assert caplog.records  # it does log the exchange at INFO ...
+    assert "secret sofa plans" not in caplog.text and "PIVOT" not in caplog.text  # ... but not what was said
+    caplog.clear()
+    with caplog.at_level("DEBUG", logger="discord_bot"):
+        await world.say(world.mention("secret sofa plans"))
+    assert "secret sofa plans" in caplog.text
+
+
+def test_token_is_redacted_from_logs():
+    code = (
+        "import logging; from discord_bot.__main__ import setup_logging;"
+        "setup_logging('DEBUG', 'tok-123'); logging.getLogger('discord.http').debug('auth %s', 'Bot tok-123')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "auth Bot [redacted]" in done.stderr and "tok-123" not in done.stderr
