@@ -1,0 +1,110 @@
+"""`python -m serve chat`: talk to the engine in a terminal.
+
+Interactive by default (history kept, `/reset`, `/quit`, line editing); `--message TEXT` prints
+one reply and exits. Bad input (missing adapter, adapter for another base model, a model that
+cannot be had offline) gives one `error: ...` line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data.dialogue import CHARACTER
+from serve.base_model import EMBEDDED, QUANTIZATIONS, ModelLoadError
+
+HELP = "/reset forgets the conversation, /quit (or Ctrl-D) leaves."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from serve.engine import Sampling
+
+    defaults = Sampling()
+    parser.add_argument("--base-model", default=EMBEDDED, help="'embedded' (SmolLM2-135M in the package), a Hugging Face id or a folder (default: %(default)s)")
+    parser.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one, if trained) or 'none' (default: %(default)s)")
+    parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS, help="4bit = bitsandbytes NF4; auto = 4bit on CUDA only (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="(default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, help="for reproducible replies")
+    parser.add_argument("--name", default="Joey", help="your name in the conversation (default: %(default)s)")
+    parser.add_argument("--message", help="print one reply to TEXT and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from serve.engine import Sampling
+
+    if args.max_new_tokens < 1:
+        return _fail("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        return _fail("--temperature must be 0 (greedy) or more")
+    if args.message is not None and not args.message.strip():
+        return _fail("--message is empty")
+    try:
+        engine = _load(args)
+    except ModelLoadError as error:
+        return _fail(str(error))
+    sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.message is not None:
+        print(engine.generate([[{"speaker": args.name, "text": args.message.strip()}]], sampling)[0].text)
+        return 0
+    return chat_loop(engine, sampling, args.name)
+
+
+def chat_loop(engine, sampling, name: str) -> int:
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    adapter = engine.adapter or "no adapter"
+    print(f"Chatting with {CHARACTER} ({engine.base_model}, {adapter}, {engine.device}). {HELP}")
+    turns: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input(f"{name}> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return 0
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            turns.clear()
+            print("(conversation forgotten)")
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}. {HELP}")
+            continue
+        turns.append({"speaker": name, "text": line})
+        print(f"{CHARACTER}> ", end="", flush=True)
+        pieces = []
+        try:
+            for piece in engine.stream(turns, sampling):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+        except KeyboardInterrupt:
+            pass
+        print()
+        turns.append({"speaker": CHARACTER, "text": "".join(pieces)})
+
+
+def _load(args: argparse.Namespace):
+    """The engine, quietly: no progress bars or library deprecation notices in a terminal chat."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    from serve.engine import Engine
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    return Engine(base_model=args.base_model, adapter=args.adapter, quantization=args.quantization, device=args.device)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
