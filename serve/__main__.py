@@ -2,6 +2,8 @@
 
     python -m serve chat                 talk to Chandler in the terminal
     python -m serve chat --message TEXT  one reply, then exit
+    python -m serve up --host H --port P the Ray Serve backend alone (blocks)
+    python -m serve run                  the backend, plus the Discord bot when DISCORD_TOKEN is set
 
 Each command is a subparser whose `func(args) -> int` is the exit status.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve import chat
+from serve import chat, settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +22,14 @@ def parser() -> argparse.ArgumentParser:
     chat_parser = commands.add_parser("chat", help="chat with Chandler in the terminal")
     chat.add_arguments(chat_parser)
     chat_parser.set_defaults(func=chat.run)
+
+    for name, func, help_text in (
+        ("up", settings.up, "start the Ray Serve backend (API + web chat) and block"),
+        ("run", settings.run, "the backend, plus the Discord bot when DISCORD_TOKEN is set; Ctrl-C stops both"),
+    ):
+        launch_parser = commands.add_parser(name, help=help_text)
+        settings.add_launch_arguments(launch_parser)
+        launch_parser.set_defaults(func=func)
     return main
 
 

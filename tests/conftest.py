@@ -56,3 +56,97 @@ def tiny_adapter(tiny_llama, tmp_path_factory) -> Path:
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     get_peft_model(model, lora).save_pretrained(folder)
     return folder
+
+
+# -- the Ray Serve backend (serve/app.py): a real redis-server and the real app ------------------
+SERVE_API_KEY = "test-key-not-secret"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """`redis-server` on a loopback port, no persistence; stop() and start() keep the port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder, self.process = free_port(), folder, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import shutil
+        import subprocess
+        import time
+
+        import redis
+
+        if not shutil.which("redis-server"):
+            pytest.fail("redis-server is not on PATH (apt-get install -y redis-server)")
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.folder)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    """The session's Redis, running and empty."""
+    if redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def serve_app(redis_server):
+    """Ray (2 CPUs) + the Serve app from serve/config.yaml with the real embedded model (no adapter,
+    6 new tokens), Redis context, an API key. Started once per session. Yields the base URL."""
+    import ray
+    from ray import serve
+
+    from serve.app import start
+
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("CHANDLER_")]:
+        del os.environ[name]  # the developer's own settings must not leak in
+    os.environ.update(REDIS_URL=redis_server.url, CHANDLER_API_KEY=SERVE_API_KEY, RAY_USAGE_STATS_ENABLED="0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        overrides = {"adapter": "none", "max_new_tokens": 6, "context_turns": 12, "context_ttl_s": 3600, "torch_threads": 1,
+                     "request_timeout_s": 120}
+        url = start("127.0.0.1", free_port(), overrides=overrides)
+        yield url.rstrip("/")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
