@@ -118,7 +118,7 @@ def one_at_a_time_server(engine, sampling) -> ThreadingHTTPServer:
     return server
 
 
-def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str) -> str:
+def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str, batch_wait: float | None) -> str:
     import ray
 
     from serve.app import start
@@ -126,17 +126,37 @@ def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str) -> s
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("CHANDLER_API_KEY", None)
     ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    return start("127.0.0.1", port, overrides={"max_new_tokens": max_new_tokens, "torch_threads": threads,
-                                                              "adapter": adapter}).rstrip("/")
+    overrides = {"max_new_tokens": max_new_tokens, "torch_threads": threads, "request_timeout_s": 600, "adapter": adapter}
+    return start("127.0.0.1", port, overrides=overrides, deployment_overrides=batching(batch_wait)).rstrip("/")
+
+
+def batching(batch_wait: float | None) -> dict:
+    """Deployment options replacing serve/config.yaml's batch wait, if asked for."""
+    if batch_wait is None:
+        return {}
+    from serve.app import application_config
+
+    (model,) = [d for d in application_config()["deployments"] if d["name"] == "ChandlerModel"]
+    return {"ChandlerModel": {"user_config": {**model.get("user_config", {}), "batch_wait_timeout_s": batch_wait}}}
+
+
+def batch_counts(url: str, api_key: str | None) -> tuple[int, int] | None:
+    """(batches, requests batched) so far by the stack's model replica, from /readyz."""
+    try:
+        model = httpx.get(f"{url}/readyz", timeout=60).json()["model"]
+        return model["batches"], model["batched_requests"]
+    except (httpx.HTTPError, KeyError, TypeError, ValueError):
+        return None
 
 
 def table(rows: list[dict], raw: dict, single: dict) -> str:
-    lines = ["| serving | clients | requests | completion tok/s | p50 latency (s) | p95 latency (s) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| serving | clients | requests | mean batch | completion tok/s | p50 latency (s) | p95 latency (s) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, row in [*(("full stack (Ray Serve, batched)", r) for r in rows), ("one request at a time (HTTP + lock)", single)]:
-        lines.append(f"| {label} | {row['clients']} | {row['requests']} | {row['tok_per_s']} | {row['p50_s']} | {row['p95_s']} |")
-    lines.append(f"| engine alone, one batch of {raw['clients']} per call | — | {raw['requests']} calls | {raw['tok_per_s']} "
-                 f"| {raw['p50_s']} per call | {raw['p95_s']} per call |")
+        lines.append(f"| {label} | {row['clients']} | {row['requests']} | {row.get('mean_batch', 1 if row is single else '?')} "
+                     f"| {row['tok_per_s']} | {row['p50_s']} | {row['p95_s']} |")
+    lines.append(f"| engine alone, one batch of {raw['clients']} per call | — | {raw['requests']} calls | {raw['clients']} "
+                 f"| {raw['tok_per_s']} | {raw['p50_s']} per call | {raw['p95_s']} per call |")
     return "\n".join(lines)
 
 
@@ -173,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30, help="sending window per level (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s, as in bench/engine.py)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads everywhere (default: all cores)")
+    parser.add_argument("--batch-wait", type=float, default=None, help="replace the config's batch_wait_timeout_s (local stack only)")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -184,12 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     adapter = str(resolve_adapter("default", "embedded") or "none")  # the same adapter for every path
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
-    url = args.url or start_stack(args.port, args.max_new_tokens, args.threads, adapter)
+    url = args.url or start_stack(args.port, args.max_new_tokens, args.threads, adapter, args.batch_wait)
     levels = [int(c) for c in args.clients.split(",")]
     asyncio.run(load(url, 2, 5, args.api_key))  # warm-up
     rows = []
     for clients in levels:
+        before = batch_counts(url, args.api_key)
         rows.append(asyncio.run(load(url, clients, args.seconds, args.api_key)))
+        after = batch_counts(url, args.api_key)
+        if before and after and after[0] > before[0]:
+            rows[-1]["mean_batch"] = round((after[1] - before[1]) / (after[0] - before[0]), 1)
         print(rows[-1], flush=True)
 
     if not args.url:  # the stack's model sits idle from here on
@@ -214,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                f"adapter {Path(adapter).name}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = "\n".join([
-        f"Serving load, {args.seconds:g} s per level, {args.max_new_tokens} new tokens max, sampled (T=0.8); {machine}.",
+        f"Serving load, {args.seconds:g} s per level, {args.max_new_tokens} new tokens max, sampled (T=0.8); {machine}"
+        + (f"; batch_wait_timeout_s {args.batch_wait:g}" if args.batch_wait is not None else "") + ".",
         "",
         table(rows, raw, single),
         "",

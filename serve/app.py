@@ -49,7 +49,14 @@ RETRY_BUSY, RETRY_DOWN = "2", "5"
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
                   health_check_period_s=2)  # a dead replica is noticed (and 503s start) within seconds
 class ChandlerModel:
-    """One engine per replica; concurrent requests are generated together by `@serve.batch`."""
+    """One engine per replica; concurrent requests are generated together.
+
+    `@serve.batch` gathers the requests that arrive within `batch_wait_timeout_s` of each other.
+    It closes a batch before the engine is free, though, so under steady load the requests that
+    arrive during one engine pass would split into several small batches that then run one after
+    the other. So its batches go to a queue, and each engine pass takes everything waiting (up to
+    `max_batch_size`); right after a pass it waits a moment (at most a tenth of the pass, at most
+    1 s) for the clients it just answered, so that their next requests join the same pass."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         from serve.engine import Engine
@@ -60,13 +67,21 @@ class ChandlerModel:
 
             torch.set_num_threads(s.torch_threads)
         self.engine = Engine(s.base_model, s.adapter, s.quantization, s.device)
+        self.max_batch_size, self.batch_wait_s = 16, 0.05
+        self.pending: list[tuple[tuple, asyncio.Future]] = []
+        self.arrived = asyncio.Event()
+        self.runner: asyncio.Task | None = None
+        self.last_pass: tuple[float, float, int] | None = None  # (ended at, seconds, requests)
+        self.last_pending = 0  # requests already waiting when the last pass ended
         self.batches = self.batched = 0
         log.info("model ready: base %s, adapter %s, device %s", s.base_model, self.engine.adapter, self.engine.device)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """`user_config` from the Serve config: batching can change without a restart."""
-        self.generate_batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
-        self.generate_batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.05)))
+        self.max_batch_size = int(config.get("max_batch_size", 16))
+        self.batch_wait_s = float(config.get("batch_wait_timeout_s", 0.05))
+        self.generate_batch.set_max_batch_size(self.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(self.batch_wait_s)
 
     async def info(self) -> dict[str, Any]:
         return {"adapter": str(self.engine.adapter) if self.engine.adapter else None, "device": str(self.engine.device),
@@ -75,21 +90,60 @@ class ChandlerModel:
     async def generate(self, turns: list[dict[str, str]], sampling: dict[str, Any]) -> dict[str, Any]:
         return await self.generate_batch((turns, sampling))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=4)
     async def generate_batch(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self.pending.extend(zip(requests, futures))
+        self.arrived.set()
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._run())
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        """Engine passes, one at a time, over whatever is waiting."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.pending:
+                self.arrived.clear()
+                await self.arrived.wait()
+            if self.last_pass is not None:  # give the clients just answered a moment to come back
+                ended, took, size = self.last_pass
+                target = min(self.max_batch_size, size + self.last_pending)
+                until = ended + min(1.0, max(self.batch_wait_s, 0.1 * took))
+                while len(self.pending) < target and loop.time() < until:
+                    self.arrived.clear()
+                    try:
+                        await asyncio.wait_for(self.arrived.wait(), until - loop.time())
+                    except TimeoutError:
+                        pass
+            batch = [(request, future) for request, future in self.pending[: self.max_batch_size] if not future.done()]
+            del self.pending[: self.max_batch_size]
+            if not batch:
+                continue
+            started = loop.time()
+            await self._pass(batch)
+            self.last_pass, self.last_pending = (loop.time(), loop.time() - started, len(batch)), len(self.pending)
+
+    async def _pass(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
         from serve.engine import Sampling
 
         self.batches += 1
-        self.batched += len(requests)
-        groups: dict[tuple, list[int]] = defaultdict(list)  # one engine pass per distinct sampling
-        for i, (_, sampling) in enumerate(requests):
+        self.batched += len(batch)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # one engine call per distinct sampling
+        for i, ((_, sampling), _) in enumerate(batch):
             groups[tuple(sorted(sampling.items()))].append(i)
-        results: list[dict[str, Any]] = [{}] * len(requests)
         for key, members in groups.items():
-            replies = await asyncio.to_thread(self.engine.generate, [requests[i][0] for i in members], Sampling(**dict(key)))
+            try:
+                replies = await asyncio.to_thread(self.engine.generate, [batch[i][0][0] for i in members], Sampling(**dict(key)))
+            except Exception as error:
+                for i in members:
+                    if not batch[i][1].done():
+                        batch[i][1].set_exception(error)
+                continue
             for i, reply in zip(members, replies):
-                results[i] = asdict(reply)
-        return results
+                if not batch[i][1].done():
+                    batch[i][1].set_result(asdict(reply))
 
     async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
         """`{"delta": text}` pieces, then `{"usage": {...}}`. The engine runs in a thread; a
@@ -629,13 +683,16 @@ def application_config(config: Path | str = CONFIG, name: str = "chandler") -> d
     return next(app for app in apps if app["name"] == name)
 
 
-def start(host: str, port: int, config: Path | str = CONFIG, overrides: dict[str, Any] | None = None) -> str:
+def start(host: str, port: int, config: Path | str = CONFIG, overrides: dict[str, Any] | None = None,
+          deployment_overrides: dict[str, dict[str, Any]] | None = None) -> str:
     """Deploy the application described in the Serve config on the Ray instance this process is
-    connected to (with `overrides` of its args), serving HTTP on host:port; returns the page's URL.
-    Blocks until the model is loaded."""
+    connected to (with `overrides` of its args and `deployment_overrides` of its deployments'
+    options), serving HTTP on host:port; returns the page's URL. Blocks until the model is loaded."""
     app = application_config(config)
     args = {**app.get("args", {}), **(overrides or {})}
     deployments = {d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments", [])}
+    for name, options in (deployment_overrides or {}).items():
+        deployments[name] = {**deployments.get(name, {}), **options}
     serve.start(http_options={"host": host, "port": port})
     serve.run(compose(load(args), deployments), name=app["name"], route_prefix=app.get("route_prefix", "/"))
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

@@ -242,3 +242,18 @@ def test_the_page_and_its_script_are_served(serve_app):
     script = httpx.get(f"{serve_app}/static/app.js")
     assert script.status_code == 200 and "/v1/chat" in script.text
     assert httpx.get(f"{serve_app}/static/nope.js").json()["error"]["code"] == "not_found"
+
+
+async def test_concurrent_requests_share_engine_passes(serve_app):
+    def counts() -> tuple[int, int]:
+        model = httpx.get(f"{serve_app}/readyz", timeout=30).json()["model"]
+        return model["batches"], model["batched_requests"]
+
+    before = counts()
+    async with httpx.AsyncClient(timeout=TIMEOUT, headers=AUTH) as client:
+        bodies = [{"messages": [{"role": "user", "content": f"Question {i}?"}], "max_tokens": 3} for i in range(8)]
+        responses = await asyncio.gather(*(client.post(f"{serve_app}/v1/chat/completions", json=b) for b in bodies))
+    assert [r.status_code for r in responses] == [200] * 8
+    after = counts()
+    assert after[1] - before[1] == 8
+    assert after[0] - before[0] <= 3  # not one engine pass per request
