@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="(default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="for reproducible replies")
+    parser.add_argument("--best-of", type=int, default=defaults.best_of, help="sample N replies, show the most Chandler-like by the style classifier (default: %(default)s)")
     parser.add_argument("--name", default="Joey", help="your name in the conversation (default: %(default)s)")
     parser.add_argument("--message", help="print one reply to TEXT and exit")
 
@@ -39,11 +40,17 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--temperature must be 0 (greedy) or more")
     if args.message is not None and not args.message.strip():
         return _fail("--message is empty")
+    if args.best_of < 1:
+        return _fail("--best-of must be at least 1")
+    from serve.style import StyleModelError, StyleScorer
+
     try:
         engine = _load(args)
-    except ModelLoadError as error:
+        if args.best_of > 1:
+            engine.scorer = StyleScorer()  # loaded now, so that a missing classifier fails at start
+    except (ModelLoadError, StyleModelError) as error:
         return _fail(str(error))
-    sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, best_of=args.best_of)
     if args.message is not None:
         print(engine.generate([[{"speaker": args.name, "text": args.message.strip()}]], sampling)[0].text)
         return 0
@@ -79,7 +86,9 @@ def chat_loop(engine, sampling, name: str) -> int:
         print(f"{CHARACTER}> ", end="", flush=True)
         pieces = []
         try:
-            for piece in engine.stream(turns, sampling):
+            # best-of-n picks among whole replies: no streaming then.
+            replies = engine.stream(turns, sampling) if sampling.best_of <= 1 else [engine.generate([turns], sampling)[0].text]
+            for piece in replies:
                 pieces.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:

@@ -46,6 +46,7 @@ class Sampling:
     repetition_penalty: float = 1.15
     max_new_tokens: int = 60
     seed: int | None = None
+    best_of: int = 1  # >1: sample this many replies per request in one batch, return the most Chandler-like
 
 
 @dataclass
@@ -98,8 +99,11 @@ class Engine:
         persona: str = PERSONA,
         context_budget: int = CONTEXT_TOKEN_BUDGET,
         max_chars: int = MAX_REPLY_CHARS,
+        style_model: str | Path | None = None,
     ) -> None:
         self.base_model = base_model
+        self.style_model = style_model  # for best_of; None: models/chandler-style
+        self.scorer = None  # a serve.style.StyleScorer, loaded on the first best_of request
         self.persona = persona
         self.context_budget = context_budget
         self.max_chars = max_chars
@@ -168,9 +172,26 @@ class Engine:
                 yield
 
     # -- generation ---------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate(self, conversations: Sequence[Sequence[Turn]], sampling: Sampling = Sampling()) -> list[Reply]:
-        """One reply per conversation, all in one batched, left-padded pass."""
+        """One reply per conversation, all in one batched, left-padded pass.
+
+        With `sampling.best_of = n > 1` (and sampling on) each conversation appears n times in that batch, and of
+        its n replies the one with the highest style score (P(Chandler), plus relevance to the
+        last message) is returned; its token counts are its own."""
+        n = sampling.best_of
+        if n <= 1 or sampling.temperature <= 0 or not conversations:  # greedy: n identical replies
+            return self._generate(conversations, sampling)
+        candidates = self._generate([turns for turns in conversations for _ in range(n)], sampling)
+        groups = [candidates[i * n : (i + 1) * n] for i in range(len(conversations))]
+        if self.scorer is None:
+            from serve.style import DEFAULT_STYLE_MODEL, StyleScorer
+
+            self.scorer = StyleScorer(self.style_model or DEFAULT_STYLE_MODEL)
+        chosen = self.scorer.choose([turns[-1]["text"] for turns in conversations], [[r.text for r in g] for g in groups])
+        return [group[index] for group, index in zip(groups, chosen)]
+
+    @torch.inference_mode()
+    def _generate(self, conversations: Sequence[Sequence[Turn]], sampling: Sampling) -> list[Reply]:
         if not conversations:
             return []
         from transformers import StoppingCriteriaList

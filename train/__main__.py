@@ -29,6 +29,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     sft.add_argument("--overwrite", action="store_true", help="replace an adapter already in OUT")
     sft.add_argument("--seed", type=int, default=0)
+    style = commands.add_parser("style", help="Chandler style classifier: bi-encoder vs cross-encoder, the better saved")
+    style.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
+    style.add_argument("--negatives", type=Path, required=True, help="folder written by `python -m data negatives`")
+    style.add_argument("--out", type=Path, default=Path("models/chandler-style"))
+    style.add_argument("--negatives-per-source", type=int, default=5000, help="training lines of friends and of movies")
+    style.add_argument("--cross-train", type=int, default=6000, help="lines to fine-tune the cross-encoder on (CPU: keep small)")
+    style.add_argument("--cross-max-length", type=int, default=48)
+    style.add_argument("--no-cross", dest="cross", action="store_false", help="bi-encoder only")
+    style.add_argument("--cache", help="folder to keep sentence embeddings in between runs")
+    style.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -54,13 +64,22 @@ def run_sft(args: argparse.Namespace) -> None:
     print(train(config, resume=args.resume, overwrite=args.overwrite))
 
 
+def run_style(args: argparse.Namespace) -> None:
+    from train.style import StyleConfig, train_style
+
+    options = ("negatives_per_source", "cross_train", "cross_max_length", "cross", "cache", "seed")
+    config = StyleConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
+                         **{name: getattr(args, name) for name in options})
+    print(train_style(config))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from train.sft import OutputInUse
 
     try:
-        {"sft": run_sft}[args.command](args)
+        {"sft": run_sft, "style": run_style}[args.command](args)
     except (ModelLoadError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
