@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s, as in bench/engine.py)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads everywhere (default: all cores)")
     parser.add_argument("--batch-wait", type=float, default=None, help="replace the config's batch_wait_timeout_s (local stack only)")
+    parser.add_argument("--note", default="", help="a line about the conditions, added to the report")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         table(rows, raw, single),
         "",
         *(f"- {name.replace('_', ' ')}: {value}×" for name, value in ratios.items()),
+        *([f"- {args.note}"] if args.note else []),
     ])
     (args.out / "serve_load.md").write_text(report + "\n")
     (args.out / "serve_load.json").write_text(json.dumps({"machine": machine, "seconds": args.seconds,
