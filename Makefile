@@ -31,7 +31,7 @@ services:
 	done
 
 run: $(STAMP)
-	$(PY) -m serve chat
+	$(PY) -m serve run
 
 test: $(STAMP) services
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -29,6 +29,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     sft.add_argument("--overwrite", action="store_true", help="replace an adapter already in OUT")
     sft.add_argument("--seed", type=int, default=0)
+    evaluate = commands.add_parser("evaluate", help="test loss of base vs base + adapter, sample replies, report.md")
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--adapter", type=Path, required=True)
+    evaluate.add_argument("--base-model", default=EMBEDDED)
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--limit", type=int, help="use only the first N test pairs for the loss")
+    evaluate.add_argument("--samples", type=int, default=8, help="held-out contexts to sample replies for")
+    evaluate.add_argument("--max-new-tokens", type=int, default=40)
     style = commands.add_parser("style", help="Chandler style classifier: bi-encoder vs cross-encoder, the better saved")
     style.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
     style.add_argument("--negatives", type=Path, required=True, help="folder written by `python -m data negatives`")
@@ -64,6 +72,17 @@ def run_sft(args: argparse.Namespace) -> None:
     print(train(config, resume=args.resume, overwrite=args.overwrite))
 
 
+def run_evaluate(args: argparse.Namespace) -> None:
+    from train.card import update_metrics, write_card
+    from train.evaluate import evaluate
+
+    metrics = evaluate(args.data, args.adapter, args.base_model, args.out, args.limit, args.samples, args.max_new_tokens)
+    if (args.adapter / "metrics.json").exists():  # an adapter trained here: its card shows the test figures
+        update_metrics(args.adapter, {"test": metrics})
+        write_card(args.adapter)
+    print(metrics)
+
+
 def run_style(args: argparse.Namespace) -> None:
     from train.style import StyleConfig, train_style
 
@@ -79,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.sft import OutputInUse
 
     try:
-        {"sft": run_sft, "style": run_style}[args.command](args)
+        {"sft": run_sft, "evaluate": run_evaluate, "style": run_style}[args.command](args)
     except (ModelLoadError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,15 @@ import json
 from pathlib import Path
 
 
+def update_metrics(out: Path, new: dict) -> dict:
+    """Merge `new` into OUT/metrics.json (training and evaluation each write their part)."""
+    path = out / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(new)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
 def _row(name: str, value) -> str:
     return f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |"
 

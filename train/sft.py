@@ -11,7 +11,7 @@ import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
 from serve.base_model import EMBEDDED, hub_name, load_model, load_tokenizer
-from train.card import write_card
+from train.card import update_metrics, write_card
 from train.examples import CONTEXT_TOKEN_BUDGET, encoded_split
 from train.plots import plot_loss
 
@@ -137,8 +137,7 @@ def train(config: SFTConfig, resume: bool = False, overwrite: bool = False) -> d
         "validation_perplexity": math.exp(final_eval["eval_loss"]),
         "steps": trainer.state.global_step,
         "train_pairs": len(train_set),
-        "train_runtime_s": result.metrics["train_runtime"],
-        "train_tokens_per_second": result.metrics["train_samples_per_second"] * mean_tokens(train_set),
+        "train_tokens_per_pair": mean_tokens(train_set),
     }
     (out / "training_log.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
     update_metrics(out, {"training": metrics, "config": asdict(config)})
@@ -154,14 +153,6 @@ def save_adapter(model, out: Path, base_model: str) -> None:
         if parameter.requires_grad:
             parameter.data = parameter.data.to(torch.bfloat16)
     model.save_pretrained(str(out))
-
-
-def update_metrics(out: Path, new: dict) -> dict:
-    path = out / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
-    metrics.update(new)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
 
 
 def mean_tokens(dataset) -> float:
