@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     engine = Engine(adapter=args.adapter, device="cpu")
     scorer = StyleScorer(args.style_model)
+    judge = StyleScorer(args.judge) if args.judge else None
     timed = TimedScorer(scorer)
     engine.scorer = timed
     requests = held_out(args.data, args.requests) if args.data else openers(args.requests)
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> dict:
             "scoring_s": round(scoring, 2),
             "mean_p_chandler": round(float(np.mean(scorer.score(texts))), 4),
             "mean_relevance": round(float(np.mean(scorer.relevance(messages, texts))), 4),
+            **({"judge_p_chandler": round(float(np.mean(judge.score(texts, messages))), 4)} if judge else {}),
             "sequences_generated": n * len(requests),
             "examples": [{"message": m, "reply": t} for m, t in list(zip(messages, texts))[:4]],
         })
@@ -86,10 +88,13 @@ def run(args: argparse.Namespace) -> dict:
         row["latency_x"] = round(row["batch_s"] / base["batch_s"], 2)
         row["cpu_x"] = round(row["cpu_s"] / base["cpu_s"], 2)
         row["p_chandler_gain"] = round(row["mean_p_chandler"] - base["mean_p_chandler"], 4)
+        if judge:
+            row["judge_gain"] = round(row["judge_p_chandler"] - base["judge_p_chandler"], 4)
     return {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "adapter": str(engine.adapter or "none"),
         "style_model": f"{args.style_model} ({scorer.kind})",
+        "judge": f"{args.judge} ({judge.kind})" if judge else None,
         "requests": len(requests),
         "source": f"held-out contexts from {args.data}" if args.data else "bench/engine.py openers",
         "max_new_tokens": args.max_new_tokens,
@@ -104,12 +109,17 @@ def markdown(result: dict) -> str:
         f"{result['max_new_tokens']} new tokens max, adapter {result['adapter']}, style model {result['style_model']}, "
         f"{result['machine']}.",
         "",
-        "| n | wall time (s) | × n=1 | CPU time (s) | × n=1 | scoring, wall (s) | mean P(Chandler) | gain | mean relevance |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| n | wall time (s) | × n=1 | CPU time (s) | × n=1 | scoring, wall (s) | mean P(Chandler) | gain | mean relevance |"
+        + (" judge's P(Chandler) | judge's gain |" if result["judge"] else ""),
+        "| --- " * (11 if result["judge"] else 9) + "|",
     ]
     for row in result["rows"]:
         lines.append(f"| {row['n']} | {row['batch_s']} | {row['latency_x']} | {row['cpu_s']} | {row['cpu_x']} | {row['scoring_s']} | "
-                     f"{row['mean_p_chandler']:.3f} | {row['p_chandler_gain']:+.3f} | {row['mean_relevance']:.3f} |")
+                     f"{row['mean_p_chandler']:.3f} | {row['p_chandler_gain']:+.3f} | {row['mean_relevance']:.3f} |"
+                     + (f" {row['judge_p_chandler']:.3f} | {row['judge_gain']:+.3f} |" if result["judge"] else ""))
+    if result["judge"]:
+        lines += ["", f"Judge: {result['judge']}, a second classifier that does not take part in the choice: the "
+                  "selecting classifier's own gain is optimistic, since it grades what it picked."]
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +130,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a `python -m data build` folder: use held-out contexts")
     parser.add_argument("--adapter", default="default")
     parser.add_argument("--style-model", type=Path, default=DEFAULT_STYLE_MODEL)
+    parser.add_argument("--judge", type=Path, help="another style model folder to grade the chosen replies")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2, help="runs per n; the fastest counts")
