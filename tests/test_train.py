@@ -77,9 +77,15 @@ def test_evaluate_writes_report_and_metrics(dataset, tiny_llama, tmp_path, capsy
     metrics = json.loads((adapter / "metrics.json").read_text())["test"]
     assert metrics["base_loss"] > 0 and metrics["adapter_loss"] > 0 and metrics["base_loss"] != metrics["adapter_loss"]
     assert (tmp_path / "eval" / "losses.png").stat().st_size > 1000
+    style = {key: value for key, value in metrics.items() if key.startswith("style_p_chandler_")}
+    assert set(style) == {f"style_p_chandler_{key}" for key in
+                          ("real_held_out", "base_held_out", "adapter_held_out", "base_everyday", "adapter_everyday")}
+    assert all(0.0 < value < 1.0 for value in style.values())
+    assert f"| Chandler's real lines | {style['style_p_chandler_real_held_out']:.3f} | – |" in report
 
 
-@pytest.mark.parametrize("case", ["no splits", "unknown model", "adapter in output", "evaluate missing adapter"])
+@pytest.mark.parametrize("case", ["no splits", "unknown model", "adapter in output", "evaluate missing adapter",
+                                  "evaluate missing style model"])
 def test_bad_input_is_one_line_and_exit_2(case, dataset, tiny_llama, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["sft", "--data", str(dataset), "--base-model", str(tiny_llama), "--out", str(out), "--max-steps", "1", "--no-4bit"]
@@ -93,9 +99,16 @@ def test_bad_input_is_one_line_and_exit_2(case, dataset, tiny_llama, tmp_path, c
         out.mkdir()
         (out / "adapter_config.json").write_text("{}")
         expected = "already holds an adapter"
-    else:
+    elif case == "evaluate missing adapter":
         args = ["evaluate", "--data", str(dataset), "--adapter", str(tmp_path / "none"), "--out", str(out)]
         expected = "not a LoRA adapter folder"
+    else:
+        adapter = tmp_path / "adapter"  # the style model is checked before the adapter is loaded
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text("{}")
+        args = ["evaluate", "--data", str(dataset), "--adapter", str(adapter), "--base-model", str(tiny_llama),
+                "--out", str(out), "--style-model", str(tmp_path / "no-style")]
+        expected = "no style model here"
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from serve.base_model import EMBEDDED, ModelLoadError
+from serve.style import DEFAULT_STYLE_MODEL, StyleModelError
 from train.examples import TrainDataError
 
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     evaluate.add_argument("--limit", type=int, help="use only the first N test pairs for the loss")
     evaluate.add_argument("--samples", type=int, default=8, help="held-out contexts to sample replies for")
     evaluate.add_argument("--max-new-tokens", type=int, default=40)
+    evaluate.add_argument("--style-model", type=Path, default=DEFAULT_STYLE_MODEL,
+                          help="style classifier folder (`python -m train style`) for P(Chandler)")
     style = commands.add_parser("style", help="Chandler style classifier: bi-encoder vs cross-encoder, the better saved")
     style.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
     style.add_argument("--negatives", type=Path, required=True, help="folder written by `python -m data negatives`")
@@ -76,7 +79,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     from train.card import update_metrics, write_card
     from train.evaluate import evaluate
 
-    metrics = evaluate(args.data, args.adapter, args.base_model, args.out, args.limit, args.samples, args.max_new_tokens)
+    metrics = evaluate(args.data, args.adapter, args.base_model, args.out, args.limit, args.samples,
+                       args.max_new_tokens, args.style_model)
     if (args.adapter / "metrics.json").exists():  # an adapter trained here: its card shows the test figures
         update_metrics(args.adapter, {"test": metrics})
         write_card(args.adapter)
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style}[args.command](args)
-    except (ModelLoadError, TrainDataError, OutputInUse) as error:
+    except (ModelLoadError, StyleModelError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

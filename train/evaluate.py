@@ -6,11 +6,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.functional import cross_entropy
 from tqdm import tqdm
 
 from serve.base_model import EMBEDDED, attach_adapter, load_model, load_tokenizer
+from serve.style import DEFAULT_STYLE_MODEL, StyleScorer
 from train.examples import IGNORE_INDEX, encode, read_split
 
 EVERYDAY_MESSAGES = [
@@ -20,6 +22,12 @@ EVERYDAY_MESSAGES = [
     "Do you want to come to my birthday party on Saturday?",
     "I just got promoted!",
     "What do you actually do for a living?",
+    "Can you help me move this weekend?",
+    "I burned the turkey. Again.",
+    "My parents are visiting next week.",
+    "Is it weird that I'm nervous about a job interview?",
+    "We're out of coffee.",
+    "I signed up for a marathon.",
 ]
 SAMPLE_SEED = 0
 
@@ -63,10 +71,12 @@ def test_losses(data: Path, adapter: Path, base_model: str, limit: int | None) -
 
 
 def sample_replies(data: Path, adapter: Path, base_model: str, samples: int, max_new_tokens: int) -> dict:
-    """Replies of both models to held-out contexts and to everyday messages, sampled with one seed."""
+    """Replies of both models to held-out contexts (spread over the test split) and to everyday
+    messages, sampled with one seed."""
     from serve.engine import Engine, Sampling
 
-    held_out = read_split(data, "test")[:: max(1, len(read_split(data, "test")) // samples)][:samples]
+    test = read_split(data, "test")
+    held_out = test[:: max(1, len(test) // samples)][:samples]
     conversations = [record["context"] for record in held_out]
     everyday = [[{"speaker": "Friend", "text": message}] for message in EVERYDAY_MESSAGES]
     sampling = Sampling(max_new_tokens=max_new_tokens, seed=SAMPLE_SEED)
@@ -76,6 +86,18 @@ def sample_replies(data: Path, adapter: Path, base_model: str, samples: int, max
         texts = [reply.text for reply in engine.generate(conversations + everyday, sampling)]
         replies[name] = {"held_out": texts[: len(conversations)], "everyday": texts[len(conversations) :]}
     return {"held_out": held_out, "replies": replies}
+
+
+def style_figures(scorer: StyleScorer, samples: dict) -> dict[str, float]:
+    """Mean P(Chandler) of Chandler's real lines and of both models' replies, each scored as the
+    answer to its message (the last turn of the context, or the everyday message)."""
+    held_out_messages = [record["context"][-1]["text"] for record in samples["held_out"]]
+    mean = lambda replies, messages: float(np.mean(scorer.score(replies, messages)))  # noqa: E731
+    figures = {"style_p_chandler_real_held_out": mean([r["reply"] for r in samples["held_out"]], held_out_messages)}
+    for name, replies in samples["replies"].items():
+        figures[f"style_p_chandler_{name}_held_out"] = mean(replies["held_out"], held_out_messages)
+        figures[f"style_p_chandler_{name}_everyday"] = mean(replies["everyday"], EVERYDAY_MESSAGES)
+    return figures
 
 
 def plot_losses(losses: dict[str, LossResult], path: Path) -> None:
@@ -94,8 +116,10 @@ def plot_losses(losses: dict[str, LossResult], path: Path) -> None:
     plt.close(figure)
 
 
-def write_report(out: Path, adapter: Path, base_model: str, losses: dict[str, LossResult], samples: dict) -> None:
+def write_report(out: Path, adapter: Path, base_model: str, losses: dict[str, LossResult], samples: dict,
+                 style: dict[str, float], style_model: Path) -> None:
     base, tuned = losses["base"], losses["adapter"]
+    p = lambda key: f"{style[f'style_p_chandler_{key}']:.3f}"  # noqa: E731
     change = (tuned.loss - base.loss) / base.loss
     rows = []
     for record, before, after in zip(samples["held_out"], samples["replies"]["base"]["held_out"], samples["replies"]["adapter"]["held_out"]):
@@ -119,6 +143,17 @@ Change in loss: {change:+.1%}.
 
 ![losses](losses.png)
 
+## Style: mean P(Chandler)
+
+By the style classifier `{style_model}`, each reply scored as the answer to its message:
+{len(samples["held_out"])} held-out contexts, {len(EVERYDAY_MESSAGES)} everyday messages (the replies below).
+
+| lines | held-out contexts | everyday messages |
+| --- | --- | --- |
+| Chandler's real lines | {p("real_held_out")} | – |
+| base | {p("base_held_out")} | {p("base_everyday")} |
+| base + adapter | {p("adapter_held_out")} | {p("adapter_everyday")} |
+
 ## Held-out contexts (sampled, seed {SAMPLE_SEED})
 
 | context | Chandler's real line | base | base + adapter |
@@ -134,16 +169,18 @@ Change in loss: {change:+.1%}.
 
 
 def evaluate(data: Path, adapter: Path, base_model: str, out: Path, limit: int | None = None,
-             samples: int = 8, max_new_tokens: int = 40) -> dict:
+             samples: int = 8, max_new_tokens: int = 40, style_model: Path = DEFAULT_STYLE_MODEL) -> dict:
     from serve.base_model import ModelLoadError
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    scorer = StyleScorer(style_model)
     out.mkdir(parents=True, exist_ok=True)
     losses = test_losses(data, adapter, base_model, limit)
     replies = sample_replies(data, adapter, base_model, samples, max_new_tokens)
+    style = style_figures(scorer, replies)
     plot_losses(losses, out / "losses.png")
-    write_report(out, adapter, base_model, losses, replies)
+    write_report(out, adapter, base_model, losses, replies, style, style_model)
     metrics = {
         "test_pairs_used": limit or len(read_split(data, "test")),
         "test_reply_tokens": losses["base"].tokens,
@@ -152,6 +189,7 @@ def evaluate(data: Path, adapter: Path, base_model: str, out: Path, limit: int |
         "base_perplexity": losses["base"].perplexity,
         "adapter_perplexity": losses["adapter"].perplexity,
         "relative_change": (losses["adapter"].loss - losses["base"].loss) / losses["base"].loss,
+        **style,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
