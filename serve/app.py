@@ -353,6 +353,7 @@ class ChatIngress:
             "max_new_tokens": min(max_tokens or s.max_new_tokens, s.max_new_tokens),
             "temperature": s.temperature if temperature is None else temperature,
             "top_p": s.top_p if top_p is None else top_p,
+            "best_of": s.best_of,
             "seed": seed,
         }
 

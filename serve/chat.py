@@ -86,9 +86,7 @@ def chat_loop(engine, sampling, name: str) -> int:
         print(f"{CHARACTER}> ", end="", flush=True)
         pieces = []
         try:
-            # best-of-n picks among whole replies: no streaming then.
-            replies = engine.stream(turns, sampling) if sampling.best_of <= 1 else [engine.generate([turns], sampling)[0].text]
-            for piece in replies:
+            for piece in engine.stream(turns, sampling):
                 pieces.append(piece)
                 print(piece, end="", flush=True)
         except KeyboardInterrupt:

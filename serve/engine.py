@@ -226,9 +226,13 @@ class Engine:
         direction, or the start of a line that may turn out to be `Name:` waits. Generation
         stops as soon as the model starts another speaker's line. The pieces join to what
         `generate` would return, except that a sentence cut off by `max_new_tokens` or by the
-        length limit is not taken back once sent."""
+        length limit is not taken back once sent. With `best_of` > 1 the choice needs whole
+        replies: the chosen one comes as a single piece."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
+        if sampling.best_of > 1:
+            yield self.generate([turns], sampling)[0].text
+            return
         inputs = self._encode([turns])
         width = inputs["input_ids"].shape[1]
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True)

@@ -12,6 +12,7 @@ environment and are never logged.
 | CHANDLER_MAX_NEW_TOKENS       | 60         | reply length cap in tokens (also the OpenAI max_tokens cap) |
 | CHANDLER_TEMPERATURE          | 0.8        | sampling temperature (0: greedy)                        |
 | CHANDLER_TOP_P                | 0.9        | nucleus sampling                                        |
+| CHANDLER_BEST_OF              | 1          | >1: sample n replies, send the most Chandler-like (n× the compute; whole replies, not streamed word by word) |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context lives after its last turn   |
 | CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above)                    |
@@ -42,6 +43,7 @@ class Settings:
     max_new_tokens: int = 60
     temperature: float = 0.8
     top_p: float = 0.9
+    best_of: int = 1
     context_turns: int = 20
     context_ttl_s: int = 86400
     max_message_chars: int = 2000
@@ -60,6 +62,7 @@ ENV = {
     "max_new_tokens": "CHANDLER_MAX_NEW_TOKENS",
     "temperature": "CHANDLER_TEMPERATURE",
     "top_p": "CHANDLER_TOP_P",
+    "best_of": "CHANDLER_BEST_OF",
     "context_turns": "CHANDLER_CONTEXT_TURNS",
     "context_ttl_s": "CHANDLER_CONTEXT_TTL",
     "max_message_chars": "CHANDLER_MAX_MESSAGE_CHARS",

@@ -127,6 +127,9 @@ def test_settings_precedence_and_errors():
         load({}, env={"CHANDLER_CONTEXT_TTL": "0"})
     with pytest.raises(SettingsError, match="^context_turns"):
         load({"context_turns": -1}, env={})
+    assert load({"best_of": 2}, env={"CHANDLER_BEST_OF": "4"}).best_of == 4
+    with pytest.raises(SettingsError, match="^CHANDLER_BEST_OF must be positive"):
+        load({}, env={"CHANDLER_BEST_OF": "0"})
 
 
 def test_serve_config_builds_the_application():

@@ -92,6 +92,9 @@ def test_best_of_returns_the_best_scored_of_its_candidates(engine, style_model, 
         message = [turns[-1]["text"]] * n
         totals = np.array(scorer.score(texts)) + RELEVANCE_WEIGHT * np.array(scorer.relevance(message, texts))
         assert reply.text == texts[int(np.argmax(totals))]
+    # Streaming (the chat, the backend's SSE) honours best_of: the chosen reply, in one piece.
+    alone = engine.generate(conversations[:1], sampling)[0].text
+    assert list(engine.stream(conversations[0], sampling)) == [alone]
 
 
 def test_best_of_is_off_by_default_and_never_picks_an_empty_reply(style_model):
