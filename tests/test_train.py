@@ -60,10 +60,13 @@ def test_resume_continues_from_the_last_checkpoint(dataset, tiny_llama, tmp_path
     out = tmp_path / "resumed"
     train(config(dataset, tiny_llama, out, max_steps=6))
     assert (out / "checkpoints" / "checkpoint-6").is_dir()
-    metrics = train(config(dataset, tiny_llama, out, max_steps=10), resume=True)
+    metrics = train(config(dataset, tiny_llama, out, max_steps=10, eval_steps=2), resume=True)
     assert metrics["steps"] == 10
-    steps = [entry["step"] for entry in json.loads((out / "training_log.json").read_text()) if "loss" in entry]
+    log = json.loads((out / "training_log.json").read_text())
+    steps = [entry["step"] for entry in log if "loss" in entry]
     assert steps[:6] == [1, 2, 3, 4, 5, 6] and steps[-1] == 10 and len(steps) == len(set(steps))
+    # The evaluation interval given at resume counts, not the checkpoint's (6).
+    assert [entry["step"] for entry in log if "eval_loss" in entry][:4] == [6, 8, 10, 10]
 
 
 def test_evaluate_writes_report_and_metrics(dataset, tiny_llama, tmp_path, capsys):

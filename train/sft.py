@@ -61,6 +61,14 @@ class TrainingLog(TrainerCallback):
             self.path.write_text(json.dumps(state.log_history, indent=1) + "\n")
 
 
+class IntervalsFromArguments(TrainerCallback):
+    """A resumed run would keep the logging, evaluation and saving intervals stored in its
+    checkpoint; the ones given now count instead (e.g. fewer evaluations to finish sooner)."""
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        state.compute_steps(args, state.max_steps)
+
+
 def check_output(out: Path, resume: bool, overwrite: bool) -> None:
     holds_adapter = (out / "adapter_config.json").exists()
     if holds_adapter and not (resume or overwrite):
@@ -124,7 +132,7 @@ def train(config: SFTConfig, resume: bool = False, overwrite: bool = False) -> d
         train_dataset=train_set,
         eval_dataset=eval_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        callbacks=[TrainingLog(out)],
+        callbacks=[TrainingLog(out), IntervalsFromArguments()],
     )
     resume_from = resume and any(checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume_from else None)
