@@ -35,7 +35,8 @@ def test_training_lowers_the_loss_and_writes_a_loadable_adapter(dataset, tiny_ll
     assert metrics["steps"] == 24 and metrics["validation_loss"] > 0
     model = attach_adapter(load_model(str(tiny_llama), quantization="none"), out, str(tiny_llama))
     assert any("lora_A" in name for name, _ in model.named_parameters())
-    assert "lora_r" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "| lora_r | 4 |" in card and "| learning_rate | 0.01 |" in card
 
 
 def test_labels_cover_only_the_reply(dataset, tiny_llama):

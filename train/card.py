@@ -15,7 +15,8 @@ def update_metrics(out: Path, new: dict) -> dict:
 
 
 def _row(name: str, value) -> str:
-    return f"| {name} | {value:.3f} |" if isinstance(value, float) else f"| {name} | {value} |"
+    # Four significant digits: 3.004 for a loss, 0.0002 for a learning rate.
+    return f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
 
 
 def write_card(out: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,7 +146,7 @@ Change in loss: {change:+.1%}.
 
 ## Style: mean P(Chandler)
 
-By the style classifier `{style_model}`, each reply scored as the answer to its message:
+By the style classifier `{os.path.relpath(style_model)}`, each reply scored as the answer to its message:
 {len(samples["held_out"])} held-out contexts, {len(EVERYDAY_MESSAGES)} everyday messages (the replies below).
 
 | lines | held-out contexts | everyday messages |
