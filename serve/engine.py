@@ -48,6 +48,11 @@ class Sampling:
     seed: int | None = None
     best_of: int = 1  # >1: sample this many replies per request in one batch, return the most Chandler-like
 
+    @property
+    def candidates(self) -> int:
+        """Replies generated per request: `best_of`, except under greedy decoding, where they would be identical."""
+        return self.best_of if self.temperature > 0 else 1
+
 
 @dataclass
 class Reply:
@@ -178,8 +183,8 @@ class Engine:
         With `sampling.best_of = n > 1` (and sampling on) each conversation appears n times in that batch, and of
         its n replies the one with the highest style score (P(Chandler), plus relevance to the
         last message) is returned; its token counts are its own."""
-        n = sampling.best_of
-        if n <= 1 or sampling.temperature <= 0 or not conversations:  # greedy: n identical replies
+        n = sampling.candidates
+        if n <= 1 or not conversations:
             return self._generate(conversations, sampling)
         candidates = self._generate([turns for turns in conversations for _ in range(n)], sampling)
         groups = [candidates[i * n : (i + 1) * n] for i in range(len(conversations))]
@@ -230,7 +235,7 @@ class Engine:
         replies: the chosen one comes as a single piece."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
-        if sampling.best_of > 1:
+        if sampling.candidates > 1:
             yield self.generate([turns], sampling)[0].text
             return
         inputs = self._encode([turns])

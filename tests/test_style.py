@@ -99,6 +99,8 @@ def test_best_of_returns_the_best_scored_of_its_candidates(engine, style_model, 
 
 def test_best_of_is_off_by_default_and_never_picks_an_empty_reply(style_model):
     assert Sampling().best_of == 1
+    # Greedy decoding would give n identical candidates: one is generated, and streaming stays word by word.
+    assert Sampling(temperature=0, best_of=4).candidates == 1 and Sampling(best_of=4).candidates == 4
     scorer = StyleScorer(style_model)
     assert scorer.choose(["How was work?"], [["", CHANDLER_LIKE, MOVIE_LINE]]) == [1]
     assert scorer.choose(["How was work?"], [[MOVIE_LINE, CHANDLER_LIKE]], relevance_weight=0) == [1]
