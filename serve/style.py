@@ -60,6 +60,11 @@ def message_text(message: str) -> str:
     return _ADDRESSED.sub("Sam", message)
 
 
+def row_cosines(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `first` with the same row of `second` (both unit length)."""
+    return np.sum(first * second, axis=1)
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
@@ -152,7 +157,7 @@ class StyleScorer:
         """Cosine similarity of each message with its reply (sentence embeddings of the same encoder)."""
         if len(messages) != len(replies):
             raise ValueError(f"{len(messages)} messages for {len(replies)} replies")
-        return np.sum(embed(messages) * embed(replies), axis=1).tolist()
+        return row_cosines(embed(messages), embed(replies)).tolist()
 
     def choose(self, messages: Sequence[str], candidates: Sequence[Sequence[str]],
                relevance_weight: float = RELEVANCE_WEIGHT) -> list[int]:
@@ -162,7 +167,7 @@ class StyleScorer:
         reply_vectors = embed(flat_replies)
         totals = self._score(flat_replies, [messages[i] for i in owner], reply_vectors)
         if relevance_weight:
-            totals = totals + relevance_weight * np.sum(embed(messages)[owner] * reply_vectors, axis=1)
+            totals = totals + relevance_weight * row_cosines(embed(messages)[owner], reply_vectors)
         totals = np.where([bool(reply.strip()) for reply in flat_replies], totals, -np.inf)  # never an empty reply
         chosen, start = [], 0
         for group in candidates:

@@ -74,12 +74,13 @@ def test_evaluate_writes_report_and_metrics(dataset, tiny_llama, tmp_path, capsy
     adapter = tmp_path / "adapter"
     train(config(dataset, tiny_llama, adapter, max_steps=4))
     code = main(["evaluate", "--data", str(dataset), "--adapter", str(adapter), "--base-model", str(tiny_llama),
-                 "--out", str(tmp_path / "eval"), "--samples", "2", "--max-new-tokens", "4"])
+                 "--out", str(tmp_path / "eval"), "--samples", "2", "--max-new-tokens", "4", "--limit", "2"])
     assert code == 0, capsys.readouterr().err
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "| base |" in report and "| base + adapter |" in report and "How was your day at work?" in report
     metrics = json.loads((adapter / "metrics.json").read_text())["test"]
     assert metrics["base_loss"] > 0 and metrics["adapter_loss"] > 0 and metrics["base_loss"] != metrics["adapter_loss"]
+    assert metrics["test_pairs_used"] == 2
     assert (tmp_path / "eval" / "losses.png").stat().st_size > 1000
     style = {key: value for key, value in metrics.items() if key.startswith("style_p_chandler_")}
     assert set(style) == {f"style_p_chandler_{key}" for key in

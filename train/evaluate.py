@@ -61,22 +61,21 @@ def reply_loss(model, examples: list[dict], pad_id: int, batch_size: int = 8, la
     return LossResult(total / count, count)
 
 
-def test_losses(data: Path, adapter: Path, base_model: str, limit: int | None) -> dict[str, LossResult]:
+def test_losses(test: list[dict], adapter: Path, base_model: str) -> dict[str, LossResult]:
     """The same test prompts through the base model and through base + adapter."""
     tokenizer = load_tokenizer(base_model)
-    examples = [encode(record, tokenizer) for record in read_split(data, "test", limit)]
+    examples = [encode(record, tokenizer) for record in test]
     model = attach_adapter(load_model(base_model, quantization="none"), adapter, base_model)
     with model.disable_adapter():
         base = reply_loss(model, examples, tokenizer.pad_token_id, label="base")
     return {"base": base, "adapter": reply_loss(model, examples, tokenizer.pad_token_id, label="adapter")}
 
 
-def sample_replies(data: Path, adapter: Path, base_model: str, samples: int, max_new_tokens: int) -> dict:
+def sample_replies(test: list[dict], adapter: Path, base_model: str, samples: int, max_new_tokens: int) -> dict:
     """Replies of both models to held-out contexts (spread over the test split) and to everyday
     messages, sampled with one seed."""
     from serve.engine import Engine, Sampling
 
-    test = read_split(data, "test")
     held_out = test[:: max(1, len(test) // samples)][:samples]
     conversations = [record["context"] for record in held_out]
     everyday = [[{"speaker": "Friend", "text": message}] for message in EVERYDAY_MESSAGES]
@@ -177,13 +176,15 @@ def evaluate(data: Path, adapter: Path, base_model: str, out: Path, limit: int |
         raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     scorer = StyleScorer(style_model)
     out.mkdir(parents=True, exist_ok=True)
-    losses = test_losses(data, adapter, base_model, limit)
-    replies = sample_replies(data, adapter, base_model, samples, max_new_tokens)
+    test = read_split(data, "test")
+    loss_pairs = test[: limit or None]
+    losses = test_losses(loss_pairs, adapter, base_model)
+    replies = sample_replies(test, adapter, base_model, samples, max_new_tokens)
     style = style_figures(scorer, replies)
     plot_losses(losses, out / "losses.png")
     write_report(out, adapter, base_model, losses, replies, style, style_model)
     metrics = {
-        "test_pairs_used": limit or len(read_split(data, "test")),
+        "test_pairs_used": len(loss_pairs),
         "test_reply_tokens": losses["base"].tokens,
         "base_loss": losses["base"].loss,
         "adapter_loss": losses["adapter"].loss,
