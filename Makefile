@@ -34,6 +34,7 @@ run: $(STAMP)
 	$(PY) -m serve run
 
 test: $(STAMP) services
+	$(VENV)/bin/ruff check .
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 dataset: $(STAMP)

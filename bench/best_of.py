@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.engine import conversations as openers  # noqa: E402
+from serve.character.style import DEFAULT_STYLE_MODEL, StyleScorer  # noqa: E402
 from serve.engine import Engine, Sampling  # noqa: E402
-from serve.style import DEFAULT_STYLE_MODEL, StyleScorer  # noqa: E402
 
 
 def held_out(data: Path, count: int) -> list[list[dict[str, str]]]:

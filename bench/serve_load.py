@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-
 from engine import OPENERS  # noqa: E402  (bench/engine.py: the same opening lines)
 
 RESULTS = ROOT / "bench" / "results"
@@ -124,7 +123,7 @@ def one_at_a_time_server(engine, sampling) -> ThreadingHTTPServer:
 def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str, batch_wait: float | None) -> str:
     import ray
 
-    from serve.app import start
+    from serve.launch import start
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("CHANDLER_API_KEY", None)
@@ -137,7 +136,7 @@ def batching(batch_wait: float | None) -> dict:
     """Deployment options replacing serve/config.yaml's batch wait, if asked for."""
     if batch_wait is None:
         return {}
-    from serve.app import application_config
+    from serve.launch import application_config
 
     (model,) = [d for d in application_config()["deployments"] if d["name"] == "ChandlerModel"]
     return {"ChandlerModel": {"user_config": {**model.get("user_config", {}), "batch_wait_timeout_s": batch_wait}}}

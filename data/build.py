@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.pairs import Pair, Skipped, as_record, make_pairs, pairs_from_csv, spoken_lines, split_pairs
+from data.pairs import Pair, Skipped, as_record, make_pairs, pairs_from_csv, split_pairs, spoken_lines
 from data.transcripts import DataError, detect_format, read_emory, read_paired_csv, read_tsv
 
 

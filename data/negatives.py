@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.pairs import SPLIT_FRACTIONS, Skipped, clean_text, first_name, is_character, make_pairs, spoken_lines, split_episodes
+from data.pairs import SPLIT_FRACTIONS, Skipped, clean_text, first_name, is_character, make_pairs, split_episodes, spoken_lines
 from data.transcripts import DataError, detect_format, read_emory, read_tsv
 
 MAIN_CHARACTERS = ("Chandler Bing", "Monica Geller", "Rachel Green", "Ross Geller", "Joey Tribbiani", "Phoebe Buffay")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from serve import chat, settings
+from serve import chat, launch
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,11 +24,11 @@ def parser() -> argparse.ArgumentParser:
     chat_parser.set_defaults(func=chat.run)
 
     for name, func, help_text in (
-        ("up", settings.up, "start the Ray Serve backend (API + web chat) and block"),
-        ("run", settings.run, "the backend, plus the Discord bot when DISCORD_TOKEN is set; Ctrl-C stops both"),
+        ("up", launch.up, "start the Ray Serve backend (API + web chat) and block"),
+        ("run", launch.run, "the backend, plus the Discord bot when DISCORD_TOKEN is set; Ctrl-C stops both"),
     ):
         launch_parser = commands.add_parser(name, help=help_text)
-        settings.add_launch_arguments(launch_parser)
+        launch.add_launch_arguments(launch_parser)
         launch_parser.set_defaults(func=func)
     return main
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from data.dialogue import CHARACTER
-from serve.base_model import EMBEDDED, QUANTIZATIONS, ModelLoadError
+from serve.engine.loading import EMBEDDED, QUANTIZATIONS, ModelLoadError
 
 HELP = "/reset forgets the conversation, /quit (or Ctrl-D) leaves."
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--message is empty")
     if args.best_of < 1:
         return _fail("--best-of must be at least 1")
-    from serve.style import StyleModelError, StyleScorer
+    from serve.character.style import StyleModelError, StyleScorer
 
     try:
         engine = _load(args)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 
@@ -98,27 +97,3 @@ def load(args: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.envi
         if raw is not None:
             values[f.name] = _convert(f.name, ENV[f.name] if from_env else f.name, f.type, raw)
     return replace(Settings(), **values)
-
-
-# --- `python -m serve up` and `python -m serve run` -------------------------------------------
-
-
-def add_launch_arguments(parser) -> None:
-    parser.add_argument("--host", default=os.environ.get("CHANDLER_HOST", "127.0.0.1"), help="address to serve HTTP on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CHANDLER_PORT", "8000")), help="(default: %(default)s)")
-    parser.add_argument("--config", default=str(Path(__file__).with_name("config.yaml")), help="Ray Serve config file (default: serve/config.yaml)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs Ray may use (default: all, at least 2)")
-
-
-def up(args) -> int:
-    """Start the backend alone and block."""
-    from serve.app import launch
-
-    return launch(args, with_bot=False)
-
-
-def run(args) -> int:
-    """The backend, plus the Discord bot when DISCORD_TOKEN is set (what `make run` calls)."""
-    from serve.app import launch
-
-    return launch(args, with_bot=True)

@@ -30,7 +30,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from serve.base_model import load_tokenizer
+    from serve.engine.loading import load_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = load_tokenizer("embedded")
@@ -133,7 +133,7 @@ def serve_app(redis_server):
     import ray
     from ray import serve
 
-    from serve.app import start
+    from serve.launch import start
 
     saved = dict(os.environ)
     for name in [n for n in os.environ if n.startswith("CHANDLER_")]:

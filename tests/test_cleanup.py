@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from serve.cleanup import FALLBACKS, ZWSP, clean_reply, neutralise_mentions, turn_end
+from serve.engine.cleanup import FALLBACKS, ZWSP, clean_reply, neutralise_mentions, turn_end
 
 PING = re.compile(r"@(everyone|here)|<@[!&]?\d+>|<#\d+>")
 

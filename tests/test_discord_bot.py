@@ -18,14 +18,13 @@ import discord
 import discord.ext.test as dpytest
 import pytest
 import pytest_asyncio
+from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy
 from discord.ext.test import backend as fake_discord
 from discord.ext.test import callbacks, factories
 
-from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy
 from discord_bot import bot as chandler
 from discord_bot import create_bot, split_message
 from discord_bot.config import ConfigError, from_env
-
 
 
 def pings_nobody(allowed_mentions: dict[str, Any]) -> bool:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from data.dialogue import CHARACTER
-from serve.base_model import ModelLoadError, load_tokenizer
 from serve.engine import Engine, Sampling, resolve_adapter
+from serve.engine.loading import ModelLoadError, load_tokenizer
 
 GREEDY = Sampling(temperature=0, max_new_tokens=6)
 CONVERSATIONS = [
@@ -128,7 +128,7 @@ def test_tiny_llama_with_its_adapter_and_4bit(tiny_llama, tiny_adapter):
 
 def test_resolve_adapter(tmp_path, monkeypatch):
     shipped = tmp_path / "chandler"
-    monkeypatch.setattr("serve.engine.DEFAULT_ADAPTER", shipped)
+    monkeypatch.setattr("serve.engine.loading.DEFAULT_ADAPTER", shipped)
     assert resolve_adapter("default", "embedded") is None  # not trained yet
     shipped.mkdir()
     (shipped / "adapter_config.json").write_text("{}")

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from conftest import SERVE_API_KEY
 
-from serve.context import KEY
+from serve.api.context import KEY
 
 AUTH = {"Authorization": f"Bearer {SERVE_API_KEY}"}
 TIMEOUT = 180

@@ -1,4 +1,4 @@
-"""The channel-context store (serve/context.py) against a real redis-server, and the settings."""
+"""The channel-context store (serve/api/context.py) against a real redis-server, and the settings."""
 import asyncio
 import json
 import logging
@@ -6,7 +6,7 @@ import logging
 import pytest
 from conftest import free_port
 
-from serve.context import KEY, MemoryContext, RedisContext, open_store, speaker, to_turns, turn
+from serve.api.context import KEY, MemoryContext, RedisContext, open_store, speaker, to_turns, turn
 from serve.settings import Settings, SettingsError, load
 
 
@@ -137,10 +137,9 @@ def test_serve_config_builds_the_application():
     import importlib
 
     import yaml
-
-    from serve.app import CONFIG
-
     from ray.serve.schema import ServeDeploySchema
+
+    from serve.launch import CONFIG
 
     config = yaml.safe_load(CONFIG.read_text())
     ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay accept

@@ -7,7 +7,8 @@ import pytest
 from ray.exceptions import ActorDiedError
 from ray.serve.exceptions import BackPressureError
 
-from serve.app import ApiError, ChatIngress
+from serve.api.errors import ApiError
+from serve.api.ingress import ChatIngress
 from serve.settings import Settings
 
 

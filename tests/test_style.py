@@ -8,8 +8,8 @@ import pytest
 
 from data.build import build
 from data.negatives import build_negatives
+from serve.character.style import RELEVANCE_WEIGHT, StyleScorer, cross_encoder, cross_probabilities, save_cross_encoder
 from serve.engine import Sampling
-from serve.style import RELEVANCE_WEIGHT, StyleScorer, cross_encoder, cross_probabilities, save_cross_encoder
 from train.style import StyleConfig, train_style
 
 CHANDLER_LIKE = "Could this meeting BE any more boring? I'll just make a sarcastic joke."

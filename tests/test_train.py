@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from data.build import build
-from serve.base_model import attach_adapter, load_model
+from serve.engine.loading import attach_adapter, load_model
 from train.__main__ import main
 from train.sft import SFTConfig, train
 
@@ -40,7 +40,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_adapter(dataset, tiny_ll
 
 
 def test_labels_cover_only_the_reply(dataset, tiny_llama):
-    from serve.base_model import load_tokenizer
+    from serve.engine.loading import load_tokenizer
     from train.examples import IGNORE_INDEX, encode, read_split
 
     tokenizer = load_tokenizer(str(tiny_llama))

@@ -6,8 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from serve.base_model import EMBEDDED, ModelLoadError
-from serve.style import DEFAULT_STYLE_MODEL, StyleModelError
+from serve.character.style import DEFAULT_STYLE_MODEL, StyleModelError
+from serve.engine.loading import EMBEDDED, ModelLoadError
 from train.examples import TrainDataError
 
 

@@ -12,8 +12,8 @@ import torch
 from torch.nn.functional import cross_entropy
 from tqdm import tqdm
 
-from serve.base_model import EMBEDDED, attach_adapter, load_model, load_tokenizer
-from serve.style import DEFAULT_STYLE_MODEL, StyleScorer
+from serve.character.style import DEFAULT_STYLE_MODEL, StyleScorer
+from serve.engine.loading import attach_adapter, load_model, load_tokenizer
 from train.examples import IGNORE_INDEX, encode, read_split
 
 EVERYDAY_MESSAGES = [
@@ -170,7 +170,7 @@ By the style classifier `{os.path.relpath(style_model)}`, each reply scored as t
 
 def evaluate(data: Path, adapter: Path, base_model: str, out: Path, limit: int | None = None,
              samples: int = 8, max_new_tokens: int = 40, style_model: Path = DEFAULT_STYLE_MODEL) -> dict:
-    from serve.base_model import ModelLoadError
+    from serve.engine.loading import ModelLoadError
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")

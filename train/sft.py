@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from serve.base_model import EMBEDDED, hub_name, load_model, load_tokenizer
+from serve.engine.loading import EMBEDDED, hub_name, load_model, load_tokenizer
 from train.card import update_metrics, write_card
 from train.examples import CONTEXT_TOKEN_BUDGET, encoded_split
 from train.plots import plot_loss

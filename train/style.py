@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.style import ENCODER, cross_encoder, cross_probabilities, embed, message_text, save_cross_encoder
+from serve.character.style import ENCODER, cross_encoder, cross_probabilities, embed, message_text, save_cross_encoder
 from train.examples import TrainDataError, read_split
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ P(Chandler): how much a line sounds like Chandler Bing rather than the other fri
 character. Used to measure the bot's style (`python -m train evaluate`) and to pick the best of n
 sampled replies (`best_of`). Shipped model: **{kind}**, chosen because it better ranks replies
 to the same message on validation episodes (see Results). Load it with
-`serve.style.StyleScorer("models/chandler-style")`.
+`serve.character.style.StyleScorer("models/chandler-style")`.
 
 ## Data
 - Positive: Chandler's replies from `python -m data build` ({lines['train']['chandler']} train,

@@ -1,4 +1,4 @@
-"""The Chandler engine: base model (+ LoRA adapter), batched and streaming generation, clean replies.
+"""The torch engine: base model (+ LoRA adapter), batched and streaming generation, clean replies.
 
 No Ray here: the Serve app, the terminal chat, the benchmark and evaluation all use this class.
 
@@ -11,65 +11,19 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
 from data.dialogue import CONTEXT_TOKEN_BUDGET, PERSONA, Turn, prompt_text
-from serve.base_model import (
-    DEFAULT_ADAPTER,
-    EMBEDDED,
-    ModelLoadError,
-    adapter_config,
-    attach_adapter,
-    load_model,
-    load_tokenizer,
-    pick_device,
-)
-from serve.cleanup import MAX_REPLY_CHARS, clean_reply, neutralise_mentions, one_turn, turn_end
-
-__all__ = ["Engine", "ModelLoadError", "Reply", "Sampling", "resolve_adapter"]
+from serve.engine.cleanup import MAX_REPLY_CHARS, clean_reply, neutralise_mentions, one_turn, turn_end
+from serve.engine.interface import Reply, Sampling
+from serve.engine.loading import EMBEDDED, adapter_config, attach_adapter, load_model, load_tokenizer, pick_device, resolve_adapter
 
 # End-of-turn tokens of common chat templates (ChatML, Llama 3, Phi, Gemma), used when present.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 _MAYBE_LABEL = re.compile(r"[ \t]*(?:[A-Z][\w.'-]*(?:[ \t]+[A-Z][\w.'-]*){0,2}[ \t]*)?")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Decoding settings; temperature 0 means greedy decoding."""
-
-    temperature: float = 0.8
-    top_p: float = 0.9
-    repetition_penalty: float = 1.15
-    max_new_tokens: int = 60
-    seed: int | None = None
-    best_of: int = 1  # >1: sample this many replies per request in one batch, return the most Chandler-like
-
-    @property
-    def candidates(self) -> int:
-        """Replies generated per request: `best_of`, except under greedy decoding, where they would be identical."""
-        return self.best_of if self.temperature > 0 else 1
-
-
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def resolve_adapter(adapter: str | Path | None, base_model: str) -> Path | None:
-    """`"default"`: the shipped adapter when the base is the embedded model and one has been
-    trained; `None` or `"none"`: no adapter; anything else: that folder."""
-    if adapter is None or str(adapter).lower() == "none":
-        return None
-    if str(adapter) == "default":
-        shipped = DEFAULT_ADAPTER / "adapter_config.json"
-        return DEFAULT_ADAPTER if base_model == EMBEDDED and shipped.is_file() else None
-    return Path(adapter)
 
 
 class _TurnEnded:
@@ -94,7 +48,9 @@ class _Cancelled:
         return torch.full((input_ids.shape[0],), self.event.is_set(), device=input_ids.device)
 
 
-class Engine:
+class TorchEngine:
+    """Transformers `generate` on CPU or CUDA (4-bit there by default), with the adapter unmerged."""
+
     def __init__(
         self,
         base_model: str = EMBEDDED,
@@ -108,7 +64,7 @@ class Engine:
     ) -> None:
         self.base_model = base_model
         self.style_model = style_model  # for best_of; None: models/chandler-style
-        self.scorer = None  # a serve.style.StyleScorer, loaded on the first best_of request
+        self.scorer = None  # a serve.character.style.StyleScorer, loaded on the first best_of request
         self.persona = persona
         self.context_budget = context_budget
         self.max_chars = max_chars
@@ -189,7 +145,7 @@ class Engine:
         candidates = self._generate([turns for turns in conversations for _ in range(n)], sampling)
         groups = [candidates[i * n : (i + 1) * n] for i in range(len(conversations))]
         if self.scorer is None:
-            from serve.style import DEFAULT_STYLE_MODEL, StyleScorer
+            from serve.character.style import DEFAULT_STYLE_MODEL, StyleScorer
 
             self.scorer = StyleScorer(self.style_model or DEFAULT_STYLE_MODEL)
         chosen = self.scorer.choose([turns[-1]["text"] for turns in conversations], [[r.text for r in g] for g in groups])

