@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from data.dialogue import CONTEXT_TOKEN_BUDGET, PERSONA, Turn, prompt_text
+from data.dialogue import CONTEXT_TOKEN_BUDGET, PERSONA, Turn, prompt_ids, prompt_text
 from serve.engine.cleanup import MAX_REPLY_CHARS, clean_reply, neutralise_mentions, one_turn, turn_end
 from serve.engine.interface import Reply, Sampling
 from serve.engine.loading import EMBEDDED, adapter_config, attach_adapter, load_model, load_tokenizer, pick_device, resolve_adapter
@@ -100,9 +100,13 @@ class TorchEngine:
             raise ValueError("a conversation needs at least one turn")
         return prompt_text(self.tokenizer, turns, self.persona, self.context_budget)
 
+    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+        """The prompt's token ids: token-capped, user text never special (data/dialogue.py)."""
+        return prompt_ids(self.tokenizer, turns, self.persona, self.context_budget)
+
     def _encode(self, conversations: Sequence[Sequence[Turn]]) -> dict:
-        prompts = [self.prompt(turns) for turns in conversations]
-        batch = self.tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        ids = [self.prompt_ids(turns) for turns in conversations]
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         return {name: tensor.to(self.model.device) for name, tensor in batch.items()}
 
     def _generation_config(self, sampling: Sampling):
