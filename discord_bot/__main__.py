@@ -39,11 +39,12 @@ def main() -> int:
     except ConfigError as err:
         print(f"discord_bot: {err}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level, config.token, config.api_key or "")
-    log.info("backend %s, %s", config.api_url, "with an API key" if config.api_key else "without an API key")
-    bot = ChandlerBot(config.api_url, config.api_key, config.options)
+    token, api_key = config.token.get_secret_value(), config.api_key.get_secret_value() if config.api_key else None
+    setup_logging(config.log_level, token, api_key or "")
+    log.info("backend %s, %s; waiting up to %gs per call", config.api_url, "with an API key" if api_key else "without an API key", config.timeout)
+    bot = ChandlerBot(config.api_url, api_key, config.options)
     try:
-        bot.run(config.token, log_handler=None)
+        bot.run(token, log_handler=None)
     except discord.LoginFailure:
         log.error("Discord refused the token: check DISCORD_TOKEN")
         return 1

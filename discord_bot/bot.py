@@ -1,27 +1,30 @@
-"""The Discord client: mentions, DMs and slash commands in; the backend's replies out, pinging nobody."""
+"""The Discord client: mentions, replies to it, DMs, slash commands, its button and reactions in;
+the backend's replies out, streamed by edits, pinging nobody."""
 
-import asyncio
-import json
+from __future__ import annotations
+
 import logging
 import math
 import re
 import time
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
 
-import aiohttp
 import discord
 from discord import app_commands
 
+from .backend import Backend, BackendError, Reply
+from .buttons import AnotherOne
 from .config import DEFAULT_API_URL, Options
+from .writer import NO_PINGS, ReplyWriter, split_message
 
 log = logging.getLogger(__name__)
 
-NO_PINGS = discord.AllowedMentions.none()
-MESSAGE_LIMIT = 2000
-RETRYABLE_STATUS = {502, 503, 504}
 INVITE_PERMISSIONS = discord.Permissions(
-    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True, add_reactions=True
 )
+RATINGS = {"👍": 1, "👎": -1}
+LATEST_WINDOW = 50  # the button works while its reply is the bot's last message among this many
 
 APOLOGY = "Sorry, my brain is on a coffee break at Central Perk. Could I BE any less available? Try again in a minute."
 TOO_MUCH = "Could that message BE any longer? Give me something shorter, I have the attention span of a duck."
@@ -30,34 +33,34 @@ COOLDOWN = "Whoa, one sarcastic remark at a time. Give me {seconds} more seconds
 NOT_ALLOWED = "I'm not allowed to talk to you here. Story of my life."
 FORGET_DENIED = "Wiping my memory takes the Manage Messages permission. I know. Could the rules BE any stricter?"
 FORGOTTEN = "Done, I've forgotten everything we said here. Like my seventh-grade talent show."
+NOT_YOURS = "Only whoever asked (or someone with Manage Messages) gets another one. I don't make the rules. OK, I do."
+NOT_LATEST = "That ship has sailed. Only my latest reply here gets another one."
+GONE = "The message I was answering is gone, so I can't take another swing at it."
 
-_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]*_~]*(?=\s)|\n")
-
-
-class BackendError(Exception):
-    """The backend did not answer usefully; `wait` is set when one retry is worth it."""
-
-    def __init__(self, reason: str, status: int | None = None, wait: float | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.wait = wait
+_QUOTE_TAG = re.compile(r"\n-# Friends S\d+E\d+$")
+K, V = TypeVar("K"), TypeVar("V")
 
 
-def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
-    """Cut text into pieces Discord accepts: at a sentence end late in the window, else at a space."""
-    chunks: list[str] = []
-    text = text.strip()
-    while len(text) > limit:
-        window = text[: limit + 1]
-        ends = [m.end() for m in _SENTENCE_END.finditer(window)]
-        if ends and ends[-1] > limit // 2:
-            cut = ends[-1]
-        else:
-            space = max(window.rfind(" "), window.rfind("\n"))
-            cut = space if space > 0 else limit
-        chunks.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    return chunks + [text] if text else chunks
+class Recent(OrderedDict, Generic[K, V]):
+    """A dict that keeps only its `size` most recently set keys, like llmcord's bounded caches."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def shown(reply: Reply) -> str:
+    """The reply as posted: one of Chandler's real lines carries a small episode tag."""
+    source = reply.source
+    if source.get("kind") == "quote" and isinstance(source.get("season"), int) and isinstance(source.get("episode"), int):
+        return f"{reply.text}\n-# Friends S{source['season']}E{source['episode']}"
+    return reply.text
 
 
 class ChandlerBot(discord.Client):
@@ -65,12 +68,10 @@ class ChandlerBot(discord.Client):
         intents = discord.Intents.default()
         intents.message_content = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS)
-        self.api_url = api_url.rstrip("/")
         self.options = options
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._session: aiohttp.ClientSession | None = None
-        self._last_request: dict[int, float] = {}
-        self._warned: set[int] = set()
+        self.backend = Backend(api_url, api_key, options)
+        self.cooldowns: Recent[int, tuple[float, bool]] = Recent(options.remembered)  # user → (last request, warned)
+        self.replies: Recent[int, tuple[int, str]] = Recent(options.remembered)  # message → (channel, reply it shows)
         self.tree = app_commands.CommandTree(self)
         self.tree.add_command(chandler_command)
         self.tree.add_command(forget_command)
@@ -78,6 +79,7 @@ class ChandlerBot(discord.Client):
     # --- lifecycle -------------------------------------------------------------------------
 
     async def setup_hook(self) -> None:
+        self.add_dynamic_items(AnotherOne)  # buttons under replies sent before a restart still work
         guild_id = self.options.dev_guild_id
         if guild_id:
             self.tree.copy_global_to(guild=discord.Object(guild_id))
@@ -91,16 +93,8 @@ class ChandlerBot(discord.Client):
         log.info("logged in as %s (%s) in %d guilds; invite: %s", self.user, self.user.id, len(self.guilds), url)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.backend.close()
         await super().close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=self.options.timeout)
-            self._session = aiohttp.ClientSession(headers=self._headers, timeout=timeout)
-        return self._session
 
     # --- who may talk, and how often -----------------------------------------------------
 
@@ -109,9 +103,7 @@ class ChandlerBot(discord.Client):
         roles = [role.id for role in getattr(user, "roles", ())]
         if user.id in o.blocked_users or any(r in o.blocked_roles for r in roles):
             return False
-        if (o.allowed_users or o.allowed_roles) and not (
-            user.id in o.allowed_users or any(r in o.allowed_roles for r in roles)
-        ):
+        if (o.allowed_users or o.allowed_roles) and not (user.id in o.allowed_users or any(r in o.allowed_roles for r in roles)):
             return False
         if getattr(channel, "guild", None) is None:
             return o.allow_dms
@@ -120,89 +112,77 @@ class ChandlerBot(discord.Client):
             return False
         return not o.allowed_channels or any(p in o.allowed_channels for p in places)
 
-    def cooldown_left(self, user_id: int) -> float:
-        """Seconds this user must still wait; 0 means go ahead, and starts a new cooldown."""
+    def cooldown_left(self, user_id: int) -> tuple[float, bool]:
+        """Seconds this user must still wait (0: go ahead, and a new cooldown starts), and whether they were told."""
         now = time.monotonic()
-        left = self._last_request.get(user_id, -math.inf) + self.options.cooldown - now
+        last, warned = self.cooldowns.get(user_id, (-math.inf, False))
+        left = last + self.options.cooldown - now
         if left > 0:
-            return left
-        self._last_request[user_id] = now
-        self._warned.discard(user_id)
-        return 0.0
+            self.cooldowns[user_id] = (last, True)
+            return left, warned
+        self.cooldowns[user_id] = (now, False)
+        return 0.0, False
 
-    # --- the backend -----------------------------------------------------------------------
+    # --- turns with the backend ------------------------------------------------------------
 
-    async def _attempt(self, method: str, path: str, payload: dict[str, Any] | None) -> Any:
-        try:
-            async with self.session.request(method, self.api_url + path, json=payload) as resp:
-                status, retry_after, raw = resp.status, resp.headers.get("Retry-After"), await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise BackendError(f"unreachable ({type(exc).__name__})", wait=self.options.retry_wait) from exc
-        if status in RETRYABLE_STATUS:
-            raise BackendError(f"busy ({status})", status=status, wait=self._retry_after(retry_after))
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            raise BackendError(f"answered {status} without JSON", status=status) from None
-        if status >= 400:
-            error = body.get("error") if isinstance(body, dict) else None
-            code = error.get("code") if isinstance(error, dict) else None
-            raise BackendError(f"refused ({status} {code})", status=status)
-        return body
-
-    def _retry_after(self, header: str | None) -> float:
-        try:
-            wait = float(header or "")
-        except ValueError:
-            wait = self.options.retry_wait
-        return min(max(wait, 0.0), self.options.max_retry_wait)
-
-    async def request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """One backend call, retried once (after a capped backoff) when it is down, slow or overloaded."""
-        try:
-            return await self._attempt(method, path, payload)
-        except BackendError as err:
-            if err.wait is None:
-                raise
-            log.warning("backend %s; retrying %s %s once in %.1fs", err, method, path, err.wait)
-            await asyncio.sleep(err.wait)
-        return await self._attempt(method, path, payload)
-
-    async def answer(self, channel_id: int | None, user: discord.abc.User, text: str) -> str:
-        """Chandler's reply to `text`, or an in-character line when there is none to give."""
-        if not text:
-            return EMPTY
-        log.info("chat: user %s in channel %s (%d chars)", user.id, channel_id, len(text))
+    @staticmethod
+    def turn(channel_id: int | None, user: discord.abc.User, text: str, **extra: Any) -> dict[str, Any]:
+        log.info("chat: user %s in channel %s (%d chars)%s", user.id, channel_id, len(text), " regenerate" if extra else "")
         log.debug("chat message: %r", text)
-        who = {"id": str(user.id), "name": user.display_name}
-        payload = {"channel_id": str(channel_id), "user": who, "message": text}
+        return {"channel_id": str(channel_id), "user": {"id": str(user.id), "name": user.display_name}, "message": text, **extra}
+
+    async def answer(self, payload: dict[str, Any], key: str) -> Reply | str:
+        """Chandler's whole reply, or the in-character line to post when there is none."""
         try:
-            body = await self.request("POST", "/v1/chat", payload)
-            reply = body.get("reply") if isinstance(body, dict) else None
-            if not isinstance(reply, str) or not reply.strip():
-                raise BackendError("answered without a reply")
+            return await self.backend.chat(payload, key)
         except BackendError as err:
-            log.warning("chat failed for channel %s: %s", channel_id, err)
+            log.warning("chat failed for channel %s: %s", payload["channel_id"], err)
             return TOO_MUCH if err.status in {400, 413, 422} else APOLOGY
-        log.info("reply for channel %s: %d chars, usage %s", channel_id, len(reply), body.get("usage"))
-        log.debug("reply: %r", reply)
-        return reply
+
+    async def converse(self, payload: dict[str, Any], key: str, writer: ReplyWriter, view: discord.ui.View) -> None:
+        """Streams a reply into `writer`. A stream that breaks midway ends with what the backend
+        committed (asked again with the same key), else with the apology."""
+        reply: Reply | str = APOLOGY
+        try:
+            async for piece in self.backend.stream(payload, key):
+                if isinstance(piece, Reply):
+                    reply = piece
+                else:
+                    await writer.grow(piece)
+        except BackendError as err:
+            log.warning("chat stream failed for channel %s: %s", payload["channel_id"], err)
+            if err.status in {400, 413, 422}:
+                reply = TOO_MUCH
+            elif writer.began:
+                reply = await self.answer(payload, key)
+        if isinstance(reply, str):
+            await writer.finish(reply)
+            return
+        log.info("reply for channel %s: %d chars, source %s, usage %s", payload["channel_id"], len(reply.text), reply.source, reply.usage)
+        log.debug("reply: %r", reply.text)
+        for message in await writer.finish(shown(reply), view):
+            self.replies[message.id] = (int(payload["channel_id"]), reply.text)
 
     async def forget(self, channel_id: int | None) -> str:
         try:
-            await self.request("DELETE", f"/v1/channels/{channel_id}/context")
+            await self.backend.forget(channel_id)
         except BackendError as err:
             log.warning("forget failed for channel %s: %s", channel_id, err)
             return APOLOGY
         log.info("forgot the context of channel %s", channel_id)
         return FORGOTTEN
 
-    # --- Discord events ---------------------------------------------------------------------
+    # --- messages ---------------------------------------------------------------------------
 
     def addressed(self, message: discord.Message) -> bool:
-        """A DM, or a message that mentions the bot by name (@everyone and @here don't count)."""
+        """A DM, a mention of the bot by name (@everyone and @here don't count), or a reply to one of
+        its messages, with the reply's ping on or off."""
         assert self.user is not None
-        return message.guild is None or any(m.id == self.user.id for m in message.mentions)
+        if message.guild is None or any(m.id == self.user.id for m in message.mentions):
+            return True
+        reference = message.reference
+        replied = reference and (reference.resolved or reference.cached_message)
+        return isinstance(replied, discord.Message) and replied.author.id == self.user.id
 
     def text_of(self, message: discord.Message) -> str:
         """The message as people read it, without the bot's own mention."""
@@ -216,26 +196,95 @@ class ChandlerBot(discord.Client):
             return
         if not self.permitted(message.author, message.channel):
             return
-        wait = self.cooldown_left(message.author.id)
+        wait, warned = self.cooldown_left(message.author.id)
         if wait:
-            if message.author.id not in self._warned:
-                self._warned.add(message.author.id)
+            if not warned:
                 await message.reply(COOLDOWN.format(seconds=math.ceil(wait)), allowed_mentions=NO_PINGS)
             return
-        async with message.channel.typing():
-            reply = await self.answer(message.channel.id, message.author, self.text_of(message))
-        first, *rest = split_message(reply)
         reference = message.to_reference(fail_if_not_exists=False)  # the question may be deleted meanwhile
-        await message.channel.send(first, reference=reference, allowed_mentions=NO_PINGS)
-        for chunk in rest:
-            await message.channel.send(chunk, allowed_mentions=NO_PINGS)
+        writer = ReplyWriter(message.channel, self.options.edit_interval, reference=reference)
+        text = self.text_of(message)
+        if not text:
+            await writer.finish(EMPTY)
+            return
+        async with message.channel.typing():
+            # the Discord message id is the Idempotency-Key: a resent request never stores the turn twice
+            await self.converse(self.turn(message.channel.id, message.author, text), str(message.id), writer, AnotherOne.under(message))
+
+    # --- "another one" ----------------------------------------------------------------------
+
+    async def another_one(self, interaction: discord.Interaction, asker: int, question_id: int) -> None:
+        """A different reply to the same question, in place of the pressed one (the backend replaces
+        the channel's last reply instead of adding a turn)."""
+        refusal = await self._another_one_refusal(interaction, asker)
+        question = None if refusal else await self._message(interaction.channel, question_id)
+        if refusal or question is None:
+            await interaction.response.send_message(refusal or GONE, ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        await interaction.response.defer()
+        writer = ReplyWriter(interaction.channel, self.options.edit_interval, first=interaction.message)
+        payload = self.turn(interaction.channel_id, question.author, self.text_of(question), regenerate=True)
+        await self.converse(payload, str(interaction.id), writer, AnotherOne.under(question))
+
+    async def _another_one_refusal(self, interaction: discord.Interaction, asker: int) -> str | None:
+        if not self.permitted(interaction.user, interaction.channel):
+            return NOT_ALLOWED
+        manages = interaction.guild is not None and interaction.permissions.manage_messages
+        if interaction.user.id != asker and not manages:
+            return NOT_YOURS
+        latest = None
+        async for message in interaction.channel.history(limit=LATEST_WINDOW):
+            if message.author.id == self.user.id:
+                latest = message
+                break
+        if latest is None or interaction.message is None or latest.id != interaction.message.id:
+            return NOT_LATEST
+        wait, _ = self.cooldown_left(interaction.user.id)
+        return COOLDOWN.format(seconds=math.ceil(wait)) if wait else None
+
+    @staticmethod
+    async def _message(channel: Any, message_id: int) -> discord.Message | None:
+        try:
+            return await channel.fetch_message(message_id)
+        except (discord.NotFound, discord.Forbidden):
+            return None
+
+    # --- reactions as feedback ----------------------------------------------------------------
+
+    async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
+        """👍 / 👎 on one of the bot's replies → POST /v1/feedback. Anything else is ignored."""
+        rating = RATINGS.get(str(event.emoji))
+        if rating is None or event.user_id == self.user.id or (event.member is not None and event.member.bot):
+            return
+        if event.message_author_id is not None and event.message_author_id != self.user.id:
+            return
+        channel_id, reply = self.replies.get(event.message_id) or await self._reply_after_restart(event)
+        if not reply:
+            return
+        try:
+            await self.backend.feedback(channel_id, reply, rating, event.user_id)
+        except BackendError as err:
+            log.warning("feedback for channel %s not stored: %s", channel_id, err)
+            return
+        log.info("feedback %+d on a reply in channel %s", rating, channel_id)
+
+    async def _reply_after_restart(self, event: discord.RawReactionActionEvent) -> tuple[int, str | None]:
+        """The reply a message shows, read from Discord: only a bot message with the button is one."""
+        try:
+            channel = self.get_channel(event.channel_id) or await self.fetch_channel(event.channel_id)
+        except (discord.NotFound, discord.Forbidden):
+            return event.channel_id, None
+        message = await self._message(channel, event.message_id)
+        if message is None or message.author.id != self.user.id or not message.components:
+            return event.channel_id, None
+        return event.channel_id, _QUOTE_TAG.sub("", message.content)
 
 
 def _refusal(interaction: discord.Interaction[ChandlerBot]) -> str | None:
     bot = interaction.client
     if not bot.permitted(interaction.user, interaction.channel):
         return NOT_ALLOWED
-    wait = bot.cooldown_left(interaction.user.id)
+    wait, _ = bot.cooldown_left(interaction.user.id)
     return COOLDOWN.format(seconds=math.ceil(wait)) if wait else None
 
 
@@ -247,8 +296,10 @@ async def chandler_command(interaction: discord.Interaction[ChandlerBot], messag
         await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
         return
     await interaction.response.defer(thinking=True)
-    reply = await interaction.client.answer(interaction.channel_id, interaction.user, message.strip())
-    for chunk in split_message(reply):
+    text = message.strip()
+    bot = interaction.client
+    reply = await bot.answer(bot.turn(interaction.channel_id, interaction.user, text), str(interaction.id)) if text else EMPTY
+    for chunk in split_message(reply if isinstance(reply, str) else shown(reply)):
         await interaction.followup.send(chunk, allowed_mentions=NO_PINGS)
 
 

@@ -1,10 +1,12 @@
-"""Settings for the Discord bot, read from the environment."""
+"""Settings for the Discord bot, read from the environment with pydantic-settings."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
@@ -13,89 +15,72 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message is one line for the operator."""
 
 
-@dataclass(frozen=True)
-class Options:
+def _split_ids(value: Any) -> Any:
+    return value.replace(",", " ").split() if isinstance(value, str) else value
+
+
+Ids = Annotated[frozenset[int], NoDecode, BeforeValidator(_split_ids)]  # "1, 2 3" in the environment
+Seconds = Annotated[float, Field(ge=0)]
+
+
+class Options(BaseModel):
     """Who may talk to the bot, where, and how patiently it waits for the backend."""
 
-    allowed_users: frozenset[int] = frozenset()
-    blocked_users: frozenset[int] = frozenset()
-    allowed_roles: frozenset[int] = frozenset()
-    blocked_roles: frozenset[int] = frozenset()
-    allowed_channels: frozenset[int] = frozenset()
-    blocked_channels: frozenset[int] = frozenset()
-    allow_dms: bool = True
-    cooldown: float = 5.0  # seconds between two requests of one user; 0 turns it off
-    timeout: float = 60.0  # seconds for one backend request
-    retry_wait: float = 1.0  # backoff before the single retry when the backend gives no Retry-After
-    max_retry_wait: float = 5.0  # cap on the backend's Retry-After
-    dev_guild_id: int | None = None  # sync slash commands to this guild only (instant, for development)
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    allowed_users: Ids = Field(frozenset(), validation_alias="ALLOWED_USER_IDS")
+    blocked_users: Ids = Field(frozenset(), validation_alias="BLOCKED_USER_IDS")
+    allowed_roles: Ids = Field(frozenset(), validation_alias="ALLOWED_ROLE_IDS")
+    blocked_roles: Ids = Field(frozenset(), validation_alias="BLOCKED_ROLE_IDS")
+    allowed_channels: Ids = Field(frozenset(), validation_alias="ALLOWED_CHANNEL_IDS")
+    blocked_channels: Ids = Field(frozenset(), validation_alias="BLOCKED_CHANNEL_IDS")
+    allow_dms: bool = Field(True, validation_alias="ALLOW_DMS")
+    cooldown: Seconds = Field(5.0, validation_alias="CHANDLER_COOLDOWN")  # between two requests of one user; 0: off
+    # The backend's own request timeout (the same variable configures it). The bot waits longer by
+    # `timeout_margin`, the time the backend may spend reading history and committing around it,
+    # so that it never gives up on (and resends) a request the backend is still going to answer.
+    request_timeout: Annotated[float, Field(gt=0)] = Field(60.0, validation_alias="CHANDLER_REQUEST_TIMEOUT")
+    timeout_margin: Seconds = Field(15.0, validation_alias="CHANDLER_TIMEOUT_MARGIN")
+    retry_wait: Seconds = 1.0  # backoff before the single retry when the backend gives no Retry-After
+    max_retry_wait: Seconds = 5.0  # cap on the backend's Retry-After
+    edit_interval: Seconds = 1.0  # a streamed reply edits each message at most this often
+    remembered: Annotated[int, Field(ge=1)] = 10_000  # entries kept in each per-user / per-message map
+    dev_guild_id: int | None = Field(None, validation_alias="DEV_GUILD_ID")  # sync slash commands to this guild only
+
+    @property
+    def timeout(self) -> float:
+        """Seconds the bot waits for one backend call: the backend's worst case."""
+        return self.request_timeout + self.timeout_margin
 
 
-@dataclass(frozen=True)
-class Config:
-    token: str = field(repr=False)
-    api_url: str = DEFAULT_API_URL
-    api_key: str | None = field(default=None, repr=False)
-    options: Options = Options()
-    log_level: str = "INFO"
+class Settings(BaseSettings, Options):
+    """Everything `python -m discord_bot` reads: the options plus the token, the backend and logging."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="ignore", validate_by_name=True)
+
+    token: SecretStr = Field(validation_alias="DISCORD_TOKEN")
+    api_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/"))] = Field(DEFAULT_API_URL, validation_alias="CHANDLER_API_URL")
+    api_key: SecretStr | None = Field(None, validation_alias="CHANDLER_API_KEY")
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(str.upper)] = Field("INFO", validation_alias="LOG_LEVEL")
+
+    @property
+    def options(self) -> Options:
+        return Options.model_validate(self.model_dump(include=set(Options.model_fields)))
 
 
-def _ids(env: Mapping[str, str], name: str) -> frozenset[int]:
-    raw = env.get(name, "").replace(",", " ").split()
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"][:1])
+    if name == "DISCORD_TOKEN":
+        return "DISCORD_TOKEN is not set: create a bot in the Discord developer portal and export its token"
+    return f"{name}: {first['msg']} (got {str(first.get('input'))[:80]!r})"
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings from the environment (or `env`); raises ConfigError with a one-line reason."""
     try:
-        return frozenset(int(x) for x in raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a comma-separated list of numeric Discord ids") from None
-
-
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    try:
-        value = float(env.get(name) or default)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{name} must not be negative")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be true or false")
-
-
-def from_env(env: Mapping[str, str] = os.environ) -> Config:
-    """Build the configuration; raises ConfigError with a one-line reason."""
-    token = env.get("DISCORD_TOKEN", "").strip()
-    if not token:
-        raise ConfigError("DISCORD_TOKEN is not set: create a bot in the Discord developer portal and export its token")
-    guild = _ids(env, "DEV_GUILD_ID")
-    if len(guild) > 1:
-        raise ConfigError("DEV_GUILD_ID takes a single guild id")
-    options = Options(
-        allowed_users=_ids(env, "ALLOWED_USER_IDS"),
-        blocked_users=_ids(env, "BLOCKED_USER_IDS"),
-        allowed_roles=_ids(env, "ALLOWED_ROLE_IDS"),
-        blocked_roles=_ids(env, "BLOCKED_ROLE_IDS"),
-        allowed_channels=_ids(env, "ALLOWED_CHANNEL_IDS"),
-        blocked_channels=_ids(env, "BLOCKED_CHANNEL_IDS"),
-        allow_dms=_flag(env, "ALLOW_DMS", True),
-        cooldown=_number(env, "CHANDLER_COOLDOWN", Options.cooldown),
-        timeout=_number(env, "CHANDLER_TIMEOUT", Options.timeout),
-        dev_guild_id=next(iter(guild), None),
-    )
-    log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
-    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
-    return Config(
-        token=token,
-        api_url=(env.get("CHANDLER_API_URL") or DEFAULT_API_URL).rstrip("/"),
-        api_key=env.get("CHANDLER_API_KEY") or None,
-        options=options,
-        log_level=log_level,
-    )
+        if env is None:
+            return Settings()
+        return Settings.model_validate({k: v for k, v in env.items() if v.strip()})
+    except ValidationError as error:
+        raise ConfigError(_one_line(error)) from None

@@ -99,7 +99,7 @@ async def start(backend):
     await dpytest.empty_queue()
     callbacks.remove_callback("send_typing")
     for bot in bots:  # bot.close() would also close dpytest's fake gateway, which has no socket
-        await bot.session.close()
+        await bot.backend.close()
 
 
 # --- mentions -------------------------------------------------------------------------------
@@ -116,8 +116,10 @@ async def test_mention_gets_a_reply_from_the_backend(start, backend):
         "channel_id": str(world.channel.id),
         "user": {"id": str(world.monica.id), "name": world.monica.display_name},
         "message": f"how was work with @{world.ross.display_name}?",
+        "stream": True,
     }
     assert request.headers["Authorization"] == "Bearer test-key"
+    assert request.headers["Idempotency-Key"] == str(asked.id)
     assert world.typing == [world.channel.id]
 
     [payload] = world.payloads
@@ -248,7 +250,7 @@ async def test_503_then_success_delivers_the_reply(start, backend):
 
 
 async def test_slow_backend_times_out_retries_then_apologises(start, backend):
-    world = await start(timeout=0.3)
+    world = await start(request_timeout=0.2, timeout_margin=0.1)
     backend.queue(Answer(delay=2), Answer(delay=2))
     await world.say(world.mention("still there?"))
     assert len(backend.received) == 2
@@ -311,9 +313,11 @@ async def test_block_and_allow_lists(start, backend):
 class StandInInteraction:
     """Discord's side of an interaction: what the command callbacks use of discord.Interaction."""
 
-    def __init__(self, world: World, user: Any, channel: Any, permissions: discord.Permissions) -> None:
+    def __init__(
+        self, world: World, user: Any, channel: Any, permissions: discord.Permissions, message: discord.Message | None = None
+    ) -> None:
         self.client, self.user, self.channel, self.permissions = world.bot, user, channel, permissions
-        self.channel_id = channel.id
+        self.id, self.message, self.channel_id = factories.make_id(), message, channel.id
         self.guild = getattr(channel, "guild", None)
         self.calls: list[tuple[str, float, Any, dict[str, Any]]] = []
         self.response = self._Part(self, "response")
@@ -333,8 +337,10 @@ class StandInInteraction:
         return [name for name, *_ in self.calls]
 
 
-def interaction(world: World, user: Any = None, channel: Any = None, **permissions: bool) -> StandInInteraction:
-    return StandInInteraction(world, user or world.monica, channel or world.channel, discord.Permissions(**permissions))
+def interaction(
+    world: World, user: Any = None, channel: Any = None, message: discord.Message | None = None, **permissions: bool
+) -> StandInInteraction:
+    return StandInInteraction(world, user or world.monica, channel or world.channel, discord.Permissions(**permissions), message)
 
 
 async def test_slash_chandler_defers_then_follows_up_visibly(start, backend):
@@ -352,6 +358,7 @@ async def test_slash_chandler_defers_then_follows_up_visibly(start, backend):
         "user": {"id": str(world.monica.id), "name": world.monica.display_name},
         "message": "who are you?",
     }
+    assert backend.received[0].headers["Idempotency-Key"] == str(act.id)
     assert content == "I'm Chandler. I make jokes when I'm uncomfortable."
     assert pings_nobody(send_kwargs["allowed_mentions"].to_dict())
     assert not send_kwargs.get("ephemeral")
@@ -430,20 +437,36 @@ def test_missing_token_exits_2_with_one_line():
 def test_config_from_env():
     config = from_env(
         {
-            "DISCORD_TOKEN": "tok",
+            "DISCORD_TOKEN": "sekrit-123",
             "CHANDLER_API_URL": "http://backend:8000/",
             "BLOCKED_USER_IDS": "1, 2",
             "ALLOWED_CHANNEL_IDS": "3",
             "CHANDLER_COOLDOWN": "2.5",
+            "CHANDLER_REQUEST_TIMEOUT": "30",
             "DEV_GUILD_ID": "42",
+            "LOG_LEVEL": "debug",
+            "ALLOWED_ROLE_IDS": "",  # empty: unset, as in the cluster's ConfigMap
         }
     )
-    assert config.api_url == "http://backend:8000" and config.api_key is None
+    assert config.api_url == "http://backend:8000" and config.api_key is None and config.log_level == "DEBUG"
     assert config.options.blocked_users == {1, 2} and config.options.allowed_channels == {3}
+    assert config.options.allowed_roles == frozenset()
     assert config.options.cooldown == 2.5 and config.options.dev_guild_id == 42
-    assert "tok" not in repr(config)
+    # the bot outwaits the backend: its request timeout plus the history read and commit around it
+    assert config.options.timeout == 30 + config.options.timeout_margin > 30
+    assert "sekrit-123" not in repr(config) and config.token.get_secret_value() == "sekrit-123"
     with pytest.raises(ConfigError, match="ALLOWED_ROLE_IDS"):
         from_env({"DISCORD_TOKEN": "tok", "ALLOWED_ROLE_IDS": "admins"})
+    with pytest.raises(ConfigError, match="CHANDLER_COOLDOWN"):
+        from_env({"DISCORD_TOKEN": "tok", "CHANDLER_COOLDOWN": "-1"})
+
+
+def test_settings_read_the_process_environment(monkeypatch):
+    monkeypatch.setenv("DISCORD_TOKEN", "sekrit-123")
+    monkeypatch.setenv("ALLOWED_USER_IDS", "4,5")
+    monkeypatch.setenv("CHANDLER_COOLDOWN", "")
+    config = from_env()
+    assert config.options.allowed_users == {4, 5} and config.options.cooldown == 5.0
 
 
 async def test_contents_only_logged_at_debug(start, backend, caplog):
