@@ -251,6 +251,9 @@ class ChandlerBot(discord.Client):
 
     # --- reactions as feedback ----------------------------------------------------------------
 
+    async def on_raw_message_delete(self, event: discord.RawMessageDeleteEvent) -> None:
+        self.replies.pop(event.message_id, None)  # a deleted reply can no longer be rated
+
     async def on_raw_reaction_add(self, event: discord.RawReactionActionEvent) -> None:
         """👍 / 👎 on one of the bot's replies → POST /v1/feedback. Anything else is ignored."""
         rating = RATINGS.get(str(event.emoji))

@@ -23,12 +23,12 @@ USAGE = {"prompt_tokens": 10, "completion_tokens": 5}
 @dataclass
 class Answer:
     status: int = 200
-    body: Any = None  # JSON body; None means the contract's default for the route
+    body: Any = None  # JSON body (for a stream: the reply it commits); None means the contract's default
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before answering
     events: list[tuple[float, Any]] | None = None  # a stream: (seconds to wait, event), sent as SSE
     done: bool = True  # end the stream with data: [DONE]; False cuts the connection after the events
-    commit: bool = True  # a stream's reply is committed under its Idempotency-Key as it starts
+    commit: bool = True  # the reply is committed under the Idempotency-Key as the answer starts
 
 
 @dataclass
@@ -101,7 +101,7 @@ class ContractBackend:
         if answer.status != 200:
             return web.json_response(answer.body, status=answer.status, headers=answer.headers)
         events = answer.events if answer.events is not None else [(0.0, answer.body)]
-        whole = next((e for _, e in events if isinstance(e, dict) and "reply" in e), None)
+        whole = answer.body or next((e for _, e in events if isinstance(e, dict) and "reply" in e), None)
         if key and whole and answer.commit:
             self.committed[key] = whole
         if not (isinstance(received.json, dict) and received.json.get("stream")):

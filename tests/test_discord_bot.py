@@ -5,6 +5,7 @@ dpytest stands in for Discord's gateway and REST API; the slash commands get a s
 """
 
 import asyncio
+import math
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import discord
 import discord.ext.test as dpytest
 import pytest
 import pytest_asyncio
-from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy
+from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy, final, streamed
 from discord.ext.test import backend as fake_discord
 from discord.ext.test import callbacks, factories
 
@@ -43,6 +44,8 @@ class World:
     ross: discord.Member
     payloads: list[dict[str, Any]] = field(default_factory=list)  # what the bot POSTed to Discord's API
     typing: list[int] = field(default_factory=list)  # channels that got a typing indicator
+    edits: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)  # (when, message id, PATCH payload)
+    posted: dict[int, tuple[float, str]] = field(default_factory=dict)  # message id → (when, content) the bot posted
 
     def mention(self, text: str) -> str:
         return f"<@{self.bot.user.id}> {text}"
@@ -53,6 +56,16 @@ class World:
     def sent(self) -> list[str]:
         return [p["content"] for p in self.payloads]
 
+    def shown(self) -> list[str]:
+        """What each message the bot posted says now, after its edits."""
+        latest = {message_id: content for message_id, (_, content) in self.posted.items()}
+        latest.update({message_id: payload["content"] for _, message_id, payload in self.edits})
+        return list(latest.values())
+
+    def custom_id(self, payload: dict[str, Any]) -> str | None:
+        rows = payload.get("components") or []
+        return rows[0]["components"][0]["custom_id"] if rows else None
+
 
 def _record_discord_side(world: World) -> None:
     real_send = world.bot.http.send_message
@@ -60,13 +73,19 @@ def _record_discord_side(world: World) -> None:
     async def send_message(channel_id: int, *, params: Any) -> Any:
         world.payloads.append(params.payload)
         channel = world.bot.get_channel(channel_id)  # noqa: F841 - dpytest's fake API reads its caller's `channel`
-        return await real_send(channel_id, params=params)
+        data = await real_send(channel_id, params=params)
+        world.posted[int(data["id"])] = (time.monotonic(), data["content"])
+        return data
 
     async def send_typing(channel: Any) -> None:
         world.typing.append(channel.id)
 
+    async def edited(channel: Any, message: discord.Message, fields: dict[str, Any]) -> None:
+        world.edits.append((time.monotonic(), message.id, fields["params"].payload))
+
     world.bot.http.send_message = send_message
     callbacks.set_callback(send_typing, "send_typing")
+    callbacks.set_callback(edited, "edit_message")
 
 
 @pytest_asyncio.fixture
@@ -97,7 +116,8 @@ async def start(backend):
 
     yield start
     await dpytest.empty_queue()
-    callbacks.remove_callback("send_typing")
+    for event in ("send_typing", "edit_message"):
+        callbacks.remove_callback(event)
     for bot in bots:  # bot.close() would also close dpytest's fake gateway, which has no socket
         await bot.backend.close()
 
@@ -489,3 +509,125 @@ def test_token_is_redacted_from_logs():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "auth Bot [redacted]" in done.stderr and "tok-123" not in done.stderr
+
+
+# --- reply chains -----------------------------------------------------------------------------
+
+
+async def reply_to(world: World, target: discord.Message, text: str, member: Any = None, ping: bool = False) -> None:
+    """A Discord reply to `target`, as the gateway sends it: the replied-to message comes along."""
+    author = member or world.monica
+    data = factories.make_message_dict(world.channel, author, content=text, mentions=[target.author] if ping else [], type=19)
+    data["message_reference"] = {"message_id": target.id, "channel_id": target.channel.id, "guild_id": target.guild.id}
+    data["referenced_message"] = {**factories.dict_from_message(target), "channel_id": target.channel.id, "timestamp": None}
+    fake_discord.get_state().parse_message_create(data)
+    await dpytest.run_all_events()
+
+
+async def test_reply_to_the_bot_without_a_mention_gets_an_answer(start, backend):
+    world = await start()
+    await world.say(world.mention("how was work?"))
+    bots_reply = dpytest.get_message()
+    backend.reply_with("Oh, you know, the usual: transponsters.")
+    await reply_to(world, bots_reply, "what do you even do?")  # ping off
+
+    chat = backend.requests("/v1/chat")
+    assert len(chat) == 2
+    assert chat[1].json["message"] == "what do you even do?"
+    assert chat[1].json["channel_id"] == str(world.channel.id)  # the same conversation
+    assert world.sent()[-1] == "Oh, you know, the usual: transponsters."
+
+    await reply_to(world, bots_reply, "and with the ping on?", ping=True)
+    assert len(backend.requests("/v1/chat")) == 3
+
+
+async def test_reply_to_someone_else_is_not_for_the_bot(start, backend):
+    world = await start()
+    rosss = await world.say("We were on a break!", member=world.ross)
+    await reply_to(world, rosss, "no you were not")
+    assert backend.received == []
+
+
+# --- streamed replies -------------------------------------------------------------------------
+
+
+async def test_streamed_reply_grows_by_at_most_one_edit_per_second(start, backend):
+    world = await start()  # edit_interval: 1 s
+    text = "Hi, I'm Chandler. I make jokes when I'm uncomfortable, which is, let me check, always."
+    backend.queue(streamed(text, pieces=8, every=0.3))  # about 2.4 s of stream
+    began = time.monotonic()
+    await world.say(world.mention("who are you?"))
+    ended = time.monotonic()
+
+    [(message_id, (posted_at, first_words))] = world.posted.items()
+    assert text.startswith(first_words) and len(first_words) < len(text) / 4  # posted at its first words
+    assert posted_at - began < 0.5
+    times = [posted_at] + [at for at, _, _ in world.edits]
+    assert {mid for _, mid, _ in world.edits} == {message_id}
+    assert all(b - a >= 0.95 for a, b in zip(times, times[1:]))  # at most one edit per second, the last one too
+    assert 2 <= len(world.edits) <= math.ceil(ended - began)
+    assert world.shown() == [text]  # the last edit shows the backend's whole reply
+    last = world.edits[-1][2]
+    assert world.custom_id(last).startswith("chandler:again:")  # the button comes with the last edit
+    assert all(pings_nobody(p["allowed_mentions"]) for p in world.payloads + [p for _, _, p in world.edits])
+
+
+async def test_long_stream_continues_in_new_messages(start, backend):
+    world = await start(edit_interval=0.1)
+    sentence = "I'm not great at the advice, can I interest you in a sarcastic comment? "
+    text = (sentence * 60).strip()  # about 4,300 characters
+    backend.queue(streamed(text, pieces=12, every=0.02))
+    await world.say(world.mention("any advice?"))
+
+    shown = world.shown()
+    assert len(shown) == 3 and all(len(m) <= 2000 for m in shown)
+    assert " ".join(shown) == text
+    with_button = [p for _, _, p in world.edits if world.custom_id(p)] + [p for p in world.payloads if world.custom_id(p)]
+    assert len(with_button) == 1 and with_button[0]["content"] == shown[-1]  # one button, under the last message
+    assert all(pings_nobody(p["allowed_mentions"]) for p in world.payloads + [p for _, _, p in world.edits])
+
+
+async def test_reply_in_one_piece_is_just_posted(start, backend):
+    world = await start()
+    backend.reply_with("Could this BE any more whole?")
+    await world.say(world.mention("best of four, please"))
+    assert world.sent() == ["Could this BE any more whole?"] and world.edits == []
+    assert world.custom_id(world.payloads[0]).startswith("chandler:again:")
+
+
+async def test_quote_shows_its_episode(start, backend):
+    world = await start()
+    backend.reply_with("I'm not great at the advice.", source={"kind": "quote", "season": 1, "episode": 2})
+    await world.say(world.mention("advice?"))
+    assert world.sent() == ["I'm not great at the advice.\n-# Friends S1E2"]
+
+
+async def test_broken_stream_finishes_with_what_the_backend_committed(start, backend):
+    world = await start(edit_interval=0.1)
+    committed = "Could I BE any more committed?"
+    deltas = [(0.0, {"delta": "Could I "}), (0.05, {"delta": "BE any"})]
+    backend.queue(Answer(events=deltas, body=final(committed), done=False))  # the connection drops midway
+    await world.say(world.mention("still there?"))
+
+    first, again = backend.requests("/v1/chat")
+    assert again.headers["Idempotency-Key"] == first.headers["Idempotency-Key"]  # the same turn, asked again
+    assert world.shown() == [committed]
+    assert len(backend.committed) == 1
+
+
+async def test_stream_error_without_a_commit_ends_with_the_apology(start, backend):
+    world = await start(edit_interval=0.1)
+    events = [(0.0, {"delta": "Could I "}), (0.0, {"error": {"code": "timeout", "message": "no reply in 60s"}})]
+    backend.queue(Answer(events=events, commit=False), Answer(status=500, body={"error": {"code": "internal", "message": "x"}}))
+    await world.say(world.mention("still there?"))
+    assert world.shown() == [chandler.APOLOGY]
+    assert world.edits[-1][2]["components"] == []  # no button under an apology
+
+
+async def test_retry_resends_the_same_idempotency_key(start, backend):
+    world = await start()
+    backend.queue(busy(retry_after="0"))
+    asked = await world.say(world.mention("hello?"))
+    keys = [r.headers["Idempotency-Key"] for r in backend.requests("/v1/chat")]
+    assert keys == [str(asked.id), str(asked.id)]
+    assert world.sent() == [DEFAULT_REPLY]
