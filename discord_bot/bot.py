@@ -232,12 +232,8 @@ class ChandlerBot(discord.Client):
         manages = interaction.guild is not None and interaction.permissions.manage_messages
         if interaction.user.id != asker and not manages:
             return NOT_YOURS
-        latest = None
-        async for message in interaction.channel.history(limit=LATEST_WINDOW):
-            if message.author.id == self.user.id:
-                latest = message
-                break
-        if latest is None or interaction.message is None or latest.id != interaction.message.id:
+        mine = [m.id async for m in interaction.channel.history(limit=LATEST_WINDOW) if m.author.id == self.user.id]
+        if not mine or interaction.message is None or max(mine) != interaction.message.id:
             return NOT_LATEST
         wait, _ = self.cooldown_left(interaction.user.id)
         return COOLDOWN.format(seconds=math.ceil(wait)) if wait else None

@@ -631,3 +631,152 @@ async def test_retry_resends_the_same_idempotency_key(start, backend):
     keys = [r.headers["Idempotency-Key"] for r in backend.requests("/v1/chat")]
     assert keys == [str(asked.id), str(asked.id)]
     assert world.sent() == [DEFAULT_REPLY]
+
+
+# --- "another one" ------------------------------------------------------------------------------
+
+
+async def press(world: World, payload: dict[str, Any], user: Any, **permissions: bool) -> StandInInteraction:
+    """Presses the button in `payload` the way discord.py dispatches it: the custom_id is matched
+    against the dynamic items registered at start-up, which rebuild the button from it."""
+    custom_id = world.custom_id(payload)
+    store = world.bot._connection._view_store
+    [(pattern, item_class)] = [(p, c) for p, c in store._dynamic_items.items() if p.fullmatch(custom_id)]
+    message = world.bot._connection._get_message(next(i for i, (_, c) in world.posted.items() if c == payload["content"]))
+    act = interaction(world, user=user, message=message, **permissions)
+    item = await item_class.from_custom_id(act, None, pattern.fullmatch(custom_id))
+    await item.callback(act)
+    return act
+
+
+async def test_another_one_pressed_by_the_asker_replaces_the_reply(start, backend):
+    world = await start(edit_interval=0.1)
+    asked = await world.say(world.mention("how was work?"))
+    [reply] = world.payloads
+    assert world.custom_id(reply) == f"chandler:again:{world.monica.id}:{asked.id}"
+
+    backend.queue(streamed("Could work BE any more boring?", pieces=3, every=0.05))
+    act = await press(world, reply, world.monica)
+
+    assert act.names() == ["response.defer"]
+    again = backend.requests("/v1/chat")[-1]
+    assert again.json == {
+        "channel_id": str(world.channel.id),
+        "user": {"id": str(world.monica.id), "name": world.monica.display_name},
+        "message": "how was work?",
+        "regenerate": True,
+        "stream": True,
+    }
+    assert again.headers["Idempotency-Key"] == str(act.id)
+    assert world.shown() == ["Could work BE any more boring?"]  # the same message, edited
+    assert world.custom_id(world.edits[-1][2]) == world.custom_id(reply)  # and its button is back
+    assert len(world.payloads) == 1
+
+
+async def test_another_one_pressed_by_someone_else_is_refused(start, backend):
+    world = await start()
+    await world.say(world.mention("how was work?"))
+    [reply] = world.payloads
+    act = await press(world, reply, world.ross)
+    assert act.names() == ["response.send_message"]
+    assert act.calls[0][2] == chandler.NOT_YOURS and act.calls[0][3]["ephemeral"] is True
+    assert len(backend.requests("/v1/chat")) == 1 and world.edits == []
+
+    act = await press(world, reply, world.ross, manage_messages=True)  # a moderator may
+    assert act.names() == ["response.defer"]
+    assert backend.requests("/v1/chat")[-1].json["user"]["id"] == str(world.monica.id)  # still Monica's turn
+
+
+async def test_another_one_only_on_the_latest_reply(start, backend):
+    world = await start()
+    backend.reply_with("One.")
+    backend.reply_with("Two.")
+    await world.say(world.mention("one"))
+    await world.say(world.mention("two"))
+    older, newer = world.payloads
+    act = await press(world, older, world.monica)
+    assert act.calls[0][2] == chandler.NOT_LATEST
+    assert len(backend.requests("/v1/chat")) == 2
+    assert (await press(world, newer, world.monica)).names() == ["response.defer"]
+
+
+async def test_another_one_when_the_question_is_gone(start, backend):
+    world = await start()
+    asked = await world.say(world.mention("how was work?"))
+    await asked.delete()
+    act = await press(world, world.payloads[0], world.monica)
+    assert act.calls[0][2] == chandler.GONE
+    assert len(backend.requests("/v1/chat")) == 1
+
+
+# --- reactions as feedback --------------------------------------------------------------------
+
+
+async def react(world: World, user: Any, message_id: int, emoji: str, author: Any = None) -> None:
+    """A MESSAGE_REACTION_ADD from the gateway (dpytest's own lacks fields discord.py 2.7 reads);
+    `author` fills message_author_id, which Discord sends and older events may lack."""
+    data = {"message_id": message_id, "channel_id": world.channel.id, "guild_id": world.channel.guild.id,
+            "user_id": user.id, "emoji": {"id": None, "name": emoji}, "type": 0, "burst": False}
+    if isinstance(user, discord.Member):
+        data["member"] = factories.dict_from_member(user)
+    if author is not None:
+        data["message_author_id"] = author.id
+    fake_discord.get_state().parse_message_reaction_add(data)
+    await dpytest.run_all_events()
+
+
+async def test_reactions_on_a_reply_reach_the_feedback_endpoint(start, backend):
+    world = await start()
+    backend.reply_with("I'm not great at the advice.", source={"kind": "quote", "season": 1, "episode": 2})
+    await world.say(world.mention("advice?"))
+    [reply_id] = world.posted
+    await react(world, world.ross, reply_id, "👍", author=world.bot.user)
+    await react(world, world.monica, reply_id, "👎")
+    await react(world, world.monica, reply_id, "😂")  # not a rating
+
+    up, down = backend.requests("/v1/feedback")
+    assert up.json == {"channel_id": str(world.channel.id), "reply": "I'm not great at the advice.", "rating": 1, "user": {"id": str(world.ross.id)}}
+    assert (down.json["rating"], down.json["user"]) == (-1, {"id": str(world.monica.id)})
+    assert up.headers["Authorization"] == "Bearer test-key"
+    assert len(world.payloads) == 1  # rating posts nothing
+
+
+async def test_reactions_after_a_restart_read_the_reply_from_discord(start, backend):
+    world = await start()
+    data = factories.make_message_dict(world.channel, world.bot.user, content="Could I BE any more restarted?\n-# Friends S3E5")
+    data["components"] = [{"type": 1, "components": [{"type": 2, "style": 2, "label": "Another one", "custom_id": "chandler:again:1:2"}]}]
+    on_discord = fake_discord._cur_config.messages.setdefault(world.channel.id, [])  # not in this process's cache
+    plain = factories.make_message_dict(world.channel, world.bot.user, content=chandler.APOLOGY)  # the bot's, no button
+    on_discord += [data, plain]
+    await react(world, world.monica, data["id"], "👍")
+    await react(world, world.monica, plain["id"], "👍")
+    [feedback] = backend.requests("/v1/feedback")
+    assert feedback.json["reply"] == "Could I BE any more restarted?"
+
+
+async def test_reactions_that_are_not_feedback_store_nothing(start, backend):
+    world = await start()
+    own = await world.say("a message of Monica's")
+    await react(world, world.ross, own.id, "👍")  # not the bot's message
+    await react(world, world.ross, own.id, "👍", author=world.monica)
+    await world.say(f"<@{world.bot.user.id}>")
+    [nudge_id] = world.posted
+    await react(world, world.monica, nudge_id, "👍")  # the bot's, but not a reply from the backend
+    await world.say(world.mention("hi"))
+    reply_id = list(world.posted)[-1]
+    await react(world, world.bot.user, reply_id, "👍")  # the bot's own reaction
+    await world.bot._connection._get_message(reply_id).delete()
+    await react(world, world.monica, reply_id, "👍")  # a deleted reply
+    await react(world, world.monica, factories.make_id(), "👍")  # a message Discord does not have
+    assert backend.requests("/v1/feedback") == []
+
+
+async def test_feedback_the_backend_refuses_breaks_nothing(start, backend):
+    world = await start()
+    await world.say(world.mention("hi"))
+    [reply_id] = world.posted
+    backend.queue(Answer(status=404, body={"error": {"code": "not_found", "message": "no such reply in this channel"}}))
+    await react(world, world.monica, reply_id, "👍")
+    await react(world, world.ross, reply_id, "👎")
+    assert [r.json["rating"] for r in backend.requests("/v1/feedback")] == [1, -1]  # refused once, not retried; the next goes through
+    assert len(world.payloads) == 1
