@@ -88,6 +88,11 @@ def _record_discord_side(world: World) -> None:
     callbacks.set_callback(edited, "edit_message")
 
 
+async def no_command_sync(**kwargs: Any) -> list[Any]:
+    """Discord's slash-command registration endpoint, which dpytest does not have."""
+    return []
+
+
 @pytest_asyncio.fixture
 async def backend():
     async with ContractBackend() as server:
@@ -108,6 +113,8 @@ async def start(backend):
         bot._connection.member_cache_flags = discord.MemberCacheFlags.all()
         dpytest.configure(bot, members=["Monica", "Ross"])
         bot._connection.loop = asyncio.get_running_loop()  # dpytest's state leaves it unset; typing() needs it
+        bot.tree.sync = no_command_sync
+        await bot.setup_hook()  # what discord.py runs at login, on the state dpytest installed
         config = dpytest.get_config()
         world = World(bot, config.channels[0], *config.members)
         _record_discord_side(world)
@@ -780,3 +787,60 @@ async def test_feedback_the_backend_refuses_breaks_nothing(start, backend):
     await react(world, world.ross, reply_id, "👎")
     assert [r.json["rating"] for r in backend.requests("/v1/feedback")] == [1, -1]  # refused once, not retried; the next goes through
     assert len(world.payloads) == 1
+
+
+# --- threads, start-up, bounded memory ----------------------------------------------------------
+
+
+def make_thread(world: World, name: str) -> discord.Thread:
+    """A public thread under the test channel (dpytest has no threads: the gateway event is built here)."""
+    thread_id = factories.make_id()
+    fake_discord.get_state().parse_thread_create({
+        "id": thread_id, "guild_id": world.channel.guild.id, "parent_id": world.channel.id, "owner_id": world.monica.id,
+        "name": name, "type": 11, "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
+        "thread_metadata": {"archived": False, "auto_archive_duration": 60, "archive_timestamp": "2026-01-01T00:00:00+00:00", "locked": False},
+    })
+    return world.channel.guild.get_thread(thread_id)
+
+
+async def say_in_thread(world: World, thread: discord.Thread, text: str) -> None:
+    data = factories.make_message_dict(thread, world.monica, content=text, mentions=[world.bot.user], guild_id=thread.guild.id)
+    data["member"] = factories.dict_from_member(world.monica)
+    fake_discord.get_state().parse_message_create(data)
+    await dpytest.run_all_events()
+
+
+async def test_mention_in_a_thread_keeps_the_threads_own_context(start, backend):
+    world = await start()
+    thread = make_thread(world, "Central Perk")
+    await say_in_thread(world, thread, world.mention("in a thread now"))
+    [request] = backend.requests("/v1/chat")
+    assert request.json["channel_id"] == str(thread.id) != str(world.channel.id)
+    assert request.json["message"] == "in a thread now"
+    assert world.sent() == [DEFAULT_REPLY]
+    world.bot.options = chandler.Options(cooldown=0, blocked_channels={world.channel.id})  # a thread's parent counts
+    await say_in_thread(world, thread, world.mention("and now?"))
+    assert len(backend.requests("/v1/chat")) == 1
+
+
+async def test_the_button_is_registered_at_start_up(start):
+    world = await start()  # nothing sent yet: a button from before a restart must already resolve
+    custom_id = f"chandler:again:{world.monica.id}:{factories.make_id()}"
+    store = world.bot._connection._view_store
+    assert [c for p, c in store._dynamic_items.items() if p.fullmatch(custom_id)] == [chandler.AnotherOne]
+
+
+def test_recent_keeps_only_the_newest_keys():
+    seen = chandler.Recent(2)
+    seen[1], seen[2] = "a", "b"
+    seen[1] = "a again"  # setting a key makes it the newest
+    seen[3] = "c"
+    assert list(seen.items()) == [(1, "a again"), (3, "c")]
+
+
+async def test_per_user_and_per_message_maps_are_bounded(start, backend):
+    world = await start(remembered=1)
+    await world.say(world.mention("hi"))
+    await world.say(world.mention("hi"), member=world.ross)
+    assert list(world.bot.cooldowns) == [world.ross.id]
+    assert len(world.bot.replies) == 1
