@@ -128,12 +128,12 @@ class Backend:
         Opening the stream is retried like `request`. A stream that breaks after that raises
         BackendError; the caller can then ask `chat` with the same key for what was committed."""
         resp = await self._retried(lambda: self._open("POST", "/v1/chat", {**payload, "stream": True}, key), "POST /v1/chat")
+        finished = False
         async with resp:
-            if resp.content_type != "text/event-stream":  # a reply in one piece
-                yield Reply.of(await resp.json())
-                return
-            finished = False
             try:
+                if resp.content_type != "text/event-stream":  # a reply in one piece
+                    yield Reply.of(json.loads(await resp.read()))
+                    return
                 async for line in resp.content:
                     data = line.decode("utf-8").strip().removeprefix("data:").strip()
                     if not line.startswith(b"data:") or not data:

@@ -139,9 +139,10 @@ class ChandlerBot(discord.Client):
             log.warning("chat failed for channel %s: %s", payload["channel_id"], err)
             return TOO_MUCH if err.status in {400, 413, 422} else APOLOGY
 
-    async def converse(self, payload: dict[str, Any], key: str, writer: ReplyWriter, view: discord.ui.View) -> None:
+    async def converse(self, payload: dict[str, Any], key: str, writer: ReplyWriter, view: discord.ui.View) -> str | None:
         """Streams a reply into `writer`. A stream that breaks midway ends with what the backend
-        committed (asked again with the same key), else with the apology."""
+        committed (asked again with the same key), else with the apology. When there is no reply
+        and nothing was shown yet, returns the in-character line for the caller to post."""
         reply: Reply | str = APOLOGY
         try:
             async for piece in self.backend.stream(payload, key):
@@ -156,12 +157,15 @@ class ChandlerBot(discord.Client):
             elif writer.began:
                 reply = await self.answer(payload, key)
         if isinstance(reply, str):
+            if not writer.began:
+                return reply
             await writer.finish(reply)
-            return
+            return None
         log.info("reply for channel %s: %d chars, source %s, usage %s", payload["channel_id"], len(reply.text), reply.source, reply.usage)
         log.debug("reply: %r", reply.text)
         for message in await writer.finish(shown(reply), view):
             self.replies[message.id] = (int(payload["channel_id"]), reply.text)
+        return None
 
     async def forget(self, channel_id: int | None) -> str:
         try:
@@ -203,13 +207,14 @@ class ChandlerBot(discord.Client):
             return
         reference = message.to_reference(fail_if_not_exists=False)  # the question may be deleted meanwhile
         writer = ReplyWriter(message.channel, self.options.edit_interval, reference=reference)
-        text = self.text_of(message)
-        if not text:
-            await writer.finish(EMPTY)
-            return
-        async with message.channel.typing():
-            # the Discord message id is the Idempotency-Key: a resent request never stores the turn twice
-            await self.converse(self.turn(message.channel.id, message.author, text), str(message.id), writer, AnotherOne.under(message))
+        text, failed = self.text_of(message), EMPTY
+        if text:
+            async with message.channel.typing():
+                # the Discord message id is the Idempotency-Key: a resent request never stores the turn twice
+                turn = self.turn(message.channel.id, message.author, text)
+                failed = await self.converse(turn, str(message.id), writer, AnotherOne.under(message))
+        if failed:
+            await writer.finish(failed)
 
     # --- "another one" ----------------------------------------------------------------------
 
@@ -224,7 +229,9 @@ class ChandlerBot(discord.Client):
         await interaction.response.defer()
         writer = ReplyWriter(interaction.channel, self.options.edit_interval, first=interaction.message)
         payload = self.turn(interaction.channel_id, question.author, self.text_of(question), regenerate=True)
-        await self.converse(payload, str(interaction.id), writer, AnotherOne.under(question))
+        failed = await self.converse(payload, str(interaction.id), writer, AnotherOne.under(question))
+        if failed:  # the reply on show stays as it was
+            await interaction.followup.send(failed, ephemeral=True, allowed_mentions=NO_PINGS)
 
     async def _another_one_refusal(self, interaction: discord.Interaction, asker: int) -> str | None:
         if not self.permitted(interaction.user, interaction.channel):
@@ -232,7 +239,10 @@ class ChandlerBot(discord.Client):
         manages = interaction.guild is not None and interaction.permissions.manage_messages
         if interaction.user.id != asker and not manages:
             return NOT_YOURS
-        mine = [m.id async for m in interaction.channel.history(limit=LATEST_WINDOW) if m.author.id == self.user.id]
+        try:
+            mine = [m.id async for m in interaction.channel.history(limit=LATEST_WINDOW) if m.author.id == self.user.id]
+        except discord.HTTPException:  # no Read Message History here: the latest reply cannot be told
+            mine = []
         if not mine or interaction.message is None or max(mine) != interaction.message.id:
             return NOT_LATEST
         wait, _ = self.cooldown_left(interaction.user.id)

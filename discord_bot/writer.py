@@ -91,7 +91,9 @@ class ReplyWriter:
     async def _edit(self, i: int, piece: str, view: discord.ui.View | None, wait: bool) -> None:
         if wait:  # a message's last edit also keeps to the interval
             await asyncio.sleep(max(0.0, self.edited_at[i] + self.interval - time.monotonic()))
-        # view=None takes a regenerated message's old button away while the new reply grows
-        await self.messages[i].edit(content=piece, view=view, allowed_mentions=NO_PINGS)
+        try:  # view=None takes a regenerated message's old button away while the new reply grows
+            await self.messages[i].edit(content=piece, view=view, allowed_mentions=NO_PINGS)
+        except discord.NotFound:
+            pass  # deleted while it grew: nothing left to show there
         self.shown[i] = piece
         self.edited_at[i] = time.monotonic()

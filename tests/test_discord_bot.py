@@ -844,3 +844,13 @@ async def test_per_user_and_per_message_maps_are_bounded(start, backend):
     await world.say(world.mention("hi"), member=world.ross)
     assert list(world.bot.cooldowns) == [world.ross.id]
     assert len(world.bot.replies) == 1
+
+
+async def test_another_one_the_backend_cannot_give_leaves_the_reply_as_it_was(start, backend):
+    world = await start()
+    await world.say(world.mention("how was work?"))
+    backend.queue(busy(), busy())
+    act = await press(world, world.payloads[0], world.monica)
+    assert act.names() == ["response.defer", "followup.send"]
+    assert act.calls[1][2] == chandler.APOLOGY and act.calls[1][3]["ephemeral"] is True
+    assert world.edits == [] and world.shown() == [DEFAULT_REPLY]
