@@ -50,6 +50,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     style.add_argument("--no-cross", dest="cross", action="store_false", help="bi-encoder only")
     style.add_argument("--cache", help="folder to keep sentence embeddings in between runs")
     style.add_argument("--seed", type=int, default=0)
+    selector = commands.add_parser("selector", help="response selector: MiniLM fine-tuned on (conversation, reply) pairs")
+    selector.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
+    selector.add_argument("--out", type=Path, default=Path("models/chandler-selector"))
+    selector.add_argument("--epochs", type=float, default=2.0)
+    selector.add_argument("--batch-size", type=int, default=64)
+    selector.add_argument("--max-seq-length", type=int, default=96)
+    selector.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
+    selector.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -96,13 +104,21 @@ def run_style(args: argparse.Namespace) -> None:
     print(train_style(config))
 
 
+def run_selector(args: argparse.Namespace) -> None:
+    from train.selector import SelectorConfig, train_selector
+
+    config = SelectorConfig(data=str(args.data), out=str(args.out), epochs=args.epochs, batch_size=args.batch_size,
+                            max_seq_length=args.max_seq_length, seed=args.seed)
+    print(train_selector(config, resume=args.resume))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from train.sft import OutputInUse
 
     try:
-        {"sft": run_sft, "evaluate": run_evaluate, "style": run_style}[args.command](args)
+        {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector}[args.command](args)
     except (ModelLoadError, StyleModelError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

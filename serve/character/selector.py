@@ -1,0 +1,91 @@
+"""The response selector: how well a reply fits a conversation.
+
+A dual encoder (all-MiniLM-L6-v2 fine-tuned by `python -m train selector` with in-batch
+negatives): the conversation's recent turns go through it as one text, newest turn first (so
+truncation drops the oldest turn, never the message being answered), each candidate reply as
+another; the score is their cosine. The untuned encoder's message–reply cosine is added with a
+weight fitted on validation episodes (`metrics.json` → `message_weight`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from data.dialogue import Turn
+from serve.character.style import embed
+
+DEFAULT_SELECTOR = Path(__file__).resolve().parents[2] / "models" / "chandler-selector"
+CONTEXT_TURNS = 4  # as many as a training pair holds (`python -m data build`, context_turns)
+SETTINGS = "selector.json"
+
+
+class SelectorError(RuntimeError):
+    """The selector or the line index cannot be used; the message is one line for the user."""
+
+
+def context_text(turns: Sequence[Turn]) -> str:
+    """The conversation as the selector reads it: the last CONTEXT_TURNS turns, newest first."""
+    recent = list(turns)[-CONTEXT_TURNS:]
+    return " | ".join(f"{turn['speaker']}: {turn['text']}" for turn in reversed(recent))
+
+
+def last_message(turns: Sequence[Turn]) -> str:
+    return turns[-1]["text"] if turns else ""
+
+
+@functools.lru_cache(maxsize=2)
+def load_selector_encoder(folder: str):
+    from sentence_transformers import SentenceTransformer
+
+    # Shipped in fp16 to stay small; computed in fp32, which CPUs run much faster.
+    return SentenceTransformer(folder, local_files_only=True, device="cpu", model_kwargs={"dtype": "float32"})
+
+
+def selector_id(folder: Path) -> str:
+    """What identifies a trained selector: its weights' digest, written at training time."""
+    return read_settings(folder)["id"]
+
+
+def read_settings(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / SETTINGS).read_text())
+    except (OSError, ValueError) as error:
+        raise SelectorError(f"{folder}: no selector here ({error}); train one with `python -m train selector`") from None
+
+
+class Selector:
+    """Scores candidate replies against conversations."""
+
+    def __init__(self, folder: Path | str = DEFAULT_SELECTOR) -> None:
+        self.folder = Path(folder)
+        settings = read_settings(self.folder)
+        self.id = settings["id"]
+        self.message_weight = float(settings.get("message_weight", 0.0))
+        self.threshold = float(settings.get("threshold", 1.0))
+        try:
+            self.encoder = load_selector_encoder(str(self.folder))
+        except (OSError, ValueError) as error:
+            raise SelectorError(f"{self.folder}: the selector's weights cannot be loaded ({error})") from None
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        return self.encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+
+    def encode_contexts(self, conversations: Sequence[Sequence[Turn]]) -> np.ndarray:
+        return self.encode([context_text(turns) for turns in conversations])
+
+    def scores(self, turns: Sequence[Turn], replies: Sequence[str], reply_vectors: np.ndarray | None = None) -> np.ndarray:
+        """Selector score of each reply to the conversation `turns` (tuned cosine + weighted untuned
+        message–reply cosine)."""
+        if not replies:
+            return np.zeros(0)
+        vectors = self.encode(replies) if reply_vectors is None else reply_vectors.astype(np.float32)
+        total = vectors @ self.encode_contexts([turns])[0]
+        if self.message_weight:
+            total = total + self.message_weight * (embed(list(replies)) @ embed([last_message(turns)])[0])
+        return total
