@@ -15,8 +15,10 @@ from discord import app_commands
 
 from .backend import Backend, BackendError, Reply
 from .buttons import AnotherOne
+from .commands import chandler_command, forget_command
 from .config import DEFAULT_API_URL, Options
-from .writer import NO_PINGS, ReplyWriter, split_message
+from .lines import APOLOGY, COOLDOWN, EMPTY, FORGOTTEN, GONE, NOT_ALLOWED, NOT_LATEST, NOT_YOURS, TOO_MUCH
+from .writer import NO_PINGS, ReplyWriter, shown, unshown
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,6 @@ INVITE_PERMISSIONS = discord.Permissions(
 RATINGS = {"👍": 1, "👎": -1}
 LATEST_WINDOW = 50  # the button works while its reply is the bot's last message among this many
 
-APOLOGY = "Sorry, my brain is on a coffee break at Central Perk. Could I BE any less available? Try again in a minute."
-TOO_MUCH = "Could that message BE any longer? Give me something shorter, I have the attention span of a duck."
-EMPTY = "You rang? Say something after the mention, I'm funny, not psychic."
-COOLDOWN = "Whoa, one sarcastic remark at a time. Give me {seconds} more seconds."
-NOT_ALLOWED = "I'm not allowed to talk to you here. Story of my life."
-FORGET_DENIED = "Wiping my memory takes the Manage Messages permission. I know. Could the rules BE any stricter?"
-FORGOTTEN = "Done, I've forgotten everything we said here. Like my seventh-grade talent show."
-NOT_YOURS = "Only whoever asked (or someone with Manage Messages) gets another one. I don't make the rules. OK, I do."
-NOT_LATEST = "That ship has sailed. Only my latest reply here gets another one."
-GONE = "The message I was answering is gone, so I can't take another swing at it."
-
-_QUOTE_TAG = re.compile(r"\n-# Friends S\d+E\d+$")
 K, V = TypeVar("K"), TypeVar("V")
 
 
@@ -53,14 +43,6 @@ class Recent(OrderedDict, Generic[K, V]):
         self.move_to_end(key)
         while len(self) > self.size:
             self.popitem(last=False)
-
-
-def shown(reply: Reply) -> str:
-    """The reply as posted: one of Chandler's real lines carries a small episode tag."""
-    source = reply.source
-    if source.get("kind") == "quote" and isinstance(source.get("season"), int) and isinstance(source.get("episode"), int):
-        return f"{reply.text}\n-# Friends S{source['season']}E{source['episode']}"
-    return reply.text
 
 
 class ChandlerBot(discord.Client):
@@ -286,43 +268,7 @@ class ChandlerBot(discord.Client):
         message = await self._message(channel, event.message_id)
         if message is None or message.author.id != self.user.id or not message.components:
             return event.channel_id, None
-        return event.channel_id, _QUOTE_TAG.sub("", message.content)
-
-
-def _refusal(interaction: discord.Interaction[ChandlerBot]) -> str | None:
-    bot = interaction.client
-    if not bot.permitted(interaction.user, interaction.channel):
-        return NOT_ALLOWED
-    wait, _ = bot.cooldown_left(interaction.user.id)
-    return COOLDOWN.format(seconds=math.ceil(wait)) if wait else None
-
-
-@app_commands.command(name="chandler", description="Say something to Chandler Bing")
-@app_commands.describe(message="What you want to tell him")
-async def chandler_command(interaction: discord.Interaction[ChandlerBot], message: str) -> None:
-    refusal = _refusal(interaction)
-    if refusal:
-        await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
-        return
-    await interaction.response.defer(thinking=True)
-    text = message.strip()
-    bot = interaction.client
-    reply = await bot.answer(bot.turn(interaction.channel_id, interaction.user, text), str(interaction.id)) if text else EMPTY
-    for chunk in split_message(reply if isinstance(reply, str) else shown(reply)):
-        await interaction.followup.send(chunk, allowed_mentions=NO_PINGS)
-
-
-@app_commands.command(name="chandler-forget", description="Make Chandler forget this channel's conversation")
-async def forget_command(interaction: discord.Interaction[ChandlerBot]) -> None:
-    if not interaction.client.permitted(interaction.user, interaction.channel):
-        await interaction.response.send_message(NOT_ALLOWED, ephemeral=True, allowed_mentions=NO_PINGS)
-        return
-    if interaction.guild is not None and not interaction.permissions.manage_messages:
-        await interaction.response.send_message(FORGET_DENIED, ephemeral=True, allowed_mentions=NO_PINGS)
-        return
-    await interaction.response.defer(ephemeral=True, thinking=True)
-    text = await interaction.client.forget(interaction.channel_id)
-    await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS)
+        return event.channel_id, unshown(message.content)
 
 
 def create_bot(api_url: str = DEFAULT_API_URL, api_key: str | None = None, **options: Any) -> ChandlerBot:

@@ -8,10 +8,26 @@ import time
 
 import discord
 
+from .backend import Reply
+
 NO_PINGS = discord.AllowedMentions.none()
 MESSAGE_LIMIT = 2000
 
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]*_~]*(?=\s)|\n")
+_QUOTE_TAG = re.compile(r"\n-# Friends S\d+E\d+$")
+
+
+def shown(reply: Reply) -> str:
+    """The reply as posted: one of Chandler's real lines carries a small episode tag."""
+    source = reply.source
+    if source.get("kind") == "quote" and isinstance(source.get("season"), int) and isinstance(source.get("episode"), int):
+        return f"{reply.text}\n-# Friends S{source['season']}E{source['episode']}"
+    return reply.text
+
+
+def unshown(content: str) -> str:
+    """The reply a message shows, without its episode tag."""
+    return _QUOTE_TAG.sub("", content)
 
 
 def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:

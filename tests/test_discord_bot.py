@@ -24,7 +24,7 @@ from discord.ext.test import backend as fake_discord
 from discord.ext.test import callbacks, factories
 
 from discord_bot import bot as chandler
-from discord_bot import create_bot, split_message
+from discord_bot import create_bot, lines, split_message
 from discord_bot.config import ConfigError, from_env
 
 
@@ -207,7 +207,7 @@ async def test_bare_mention_gets_a_nudge_without_calling_the_backend(start, back
     world = await start()
     await world.say(f"<@{world.bot.user.id}>")
     assert backend.received == []
-    assert world.sent() == [chandler.EMPTY]
+    assert world.sent() == [lines.EMPTY]
 
 
 # --- what is sent back ------------------------------------------------------------------------
@@ -262,7 +262,7 @@ async def test_503_is_retried_once_then_apologised_for(start, backend):
     await world.say(world.mention("hello?"))
     first, second = backend.received
     assert 0.25 <= second.at - first.at < 2  # Retry-After honoured, but capped
-    assert world.sent() == [chandler.APOLOGY]
+    assert world.sent() == [lines.APOLOGY]
     assert "Traceback" not in world.sent()[0]
 
 
@@ -281,7 +281,7 @@ async def test_slow_backend_times_out_retries_then_apologises(start, backend):
     backend.queue(Answer(delay=2), Answer(delay=2))
     await world.say(world.mention("still there?"))
     assert len(backend.received) == 2
-    assert world.sent() == [chandler.APOLOGY]
+    assert world.sent() == [lines.APOLOGY]
 
 
 async def test_backend_down_apologises(start):
@@ -290,7 +290,7 @@ async def test_backend_down_apologises(start):
         port = sock.getsockname()[1]
     world = await start(api_url=f"http://127.0.0.1:{port}")
     await world.say(world.mention("anyone home?"))
-    assert world.sent() == [chandler.APOLOGY]
+    assert world.sent() == [lines.APOLOGY]
 
 
 async def test_rejected_input_is_not_retried(start, backend):
@@ -298,7 +298,7 @@ async def test_rejected_input_is_not_retried(start, backend):
     backend.queue(Answer(status=413, body={"error": {"code": "too_long", "message": "message too long"}}))
     await world.say(world.mention("blah " * 50))
     assert len(backend.received) == 1
-    assert world.sent() == [chandler.TOO_MUCH]
+    assert world.sent() == [lines.TOO_MUCH]
 
 
 # --- who, where, how often --------------------------------------------------------------------
@@ -397,7 +397,7 @@ async def test_slash_chandler_apologises_when_backend_is_busy(start, backend):
     act = interaction(world)
     await world.bot.tree.get_command("chandler").callback(act, message="hi")
     assert act.names() == ["response.defer", "followup.send"]
-    assert act.calls[1][2] == chandler.APOLOGY
+    assert act.calls[1][2] == lines.APOLOGY
 
 
 async def test_slash_chandler_cooldown_is_ephemeral(start, backend):
@@ -420,7 +420,7 @@ async def test_forget_with_manage_messages_clears_the_channel(start, backend):
     assert request.headers["Authorization"] == "Bearer test-key"
     assert act.names() == ["response.defer", "followup.send"]
     assert act.calls[0][3] == {"ephemeral": True, "thinking": True}
-    assert act.calls[1][2] == chandler.FORGOTTEN
+    assert act.calls[1][2] == lines.FORGOTTEN
 
 
 async def test_forget_without_permission_is_refused(start, backend):
@@ -429,7 +429,7 @@ async def test_forget_without_permission_is_refused(start, backend):
     await world.bot.tree.get_command("chandler-forget").callback(act)
     assert backend.received == []
     assert act.names() == ["response.send_message"]
-    assert act.calls[0][2] == chandler.FORGET_DENIED and act.calls[0][3]["ephemeral"] is True
+    assert act.calls[0][2] == lines.FORGET_DENIED and act.calls[0][3]["ephemeral"] is True
 
 
 async def test_forget_in_a_dm_needs_no_permission(start, backend):
@@ -438,7 +438,7 @@ async def test_forget_in_a_dm_needs_no_permission(start, backend):
     act = interaction(world, channel=dm)
     await world.bot.tree.get_command("chandler-forget").callback(act)
     assert [r.path for r in backend.received] == [f"/v1/channels/{dm.id}/context"]
-    assert act.calls[-1][2] == chandler.FORGOTTEN
+    assert act.calls[-1][2] == lines.FORGOTTEN
 
 
 async def test_forget_reports_backend_failure(start, backend):
@@ -446,7 +446,7 @@ async def test_forget_reports_backend_failure(start, backend):
     backend.queue(Answer(status=500, body={"error": {"code": "internal", "message": "boom"}}))
     act = interaction(world, manage_messages=True)
     await world.bot.tree.get_command("chandler-forget").callback(act)
-    assert act.calls[-1][2] == chandler.APOLOGY
+    assert act.calls[-1][2] == lines.APOLOGY
 
 
 # --- configuration and logging ----------------------------------------------------------------
@@ -627,7 +627,7 @@ async def test_stream_error_without_a_commit_ends_with_the_apology(start, backen
     events = [(0.0, {"delta": "Could I "}), (0.0, {"error": {"code": "timeout", "message": "no reply in 60s"}})]
     backend.queue(Answer(events=events, commit=False), Answer(status=500, body={"error": {"code": "internal", "message": "x"}}))
     await world.say(world.mention("still there?"))
-    assert world.shown() == [chandler.APOLOGY]
+    assert world.shown() == [lines.APOLOGY]
     assert world.edits[-1][2]["components"] == []  # no button under an apology
 
 
@@ -686,7 +686,7 @@ async def test_another_one_pressed_by_someone_else_is_refused(start, backend):
     [reply] = world.payloads
     act = await press(world, reply, world.ross)
     assert act.names() == ["response.send_message"]
-    assert act.calls[0][2] == chandler.NOT_YOURS and act.calls[0][3]["ephemeral"] is True
+    assert act.calls[0][2] == lines.NOT_YOURS and act.calls[0][3]["ephemeral"] is True
     assert len(backend.requests("/v1/chat")) == 1 and world.edits == []
 
     act = await press(world, reply, world.ross, manage_messages=True)  # a moderator may
@@ -702,7 +702,7 @@ async def test_another_one_only_on_the_latest_reply(start, backend):
     await world.say(world.mention("two"))
     older, newer = world.payloads
     act = await press(world, older, world.monica)
-    assert act.calls[0][2] == chandler.NOT_LATEST
+    assert act.calls[0][2] == lines.NOT_LATEST
     assert len(backend.requests("/v1/chat")) == 2
     assert (await press(world, newer, world.monica)).names() == ["response.defer"]
 
@@ -712,7 +712,7 @@ async def test_another_one_when_the_question_is_gone(start, backend):
     asked = await world.say(world.mention("how was work?"))
     await asked.delete()
     act = await press(world, world.payloads[0], world.monica)
-    assert act.calls[0][2] == chandler.GONE
+    assert act.calls[0][2] == lines.GONE
     assert len(backend.requests("/v1/chat")) == 1
 
 
@@ -753,7 +753,7 @@ async def test_reactions_after_a_restart_read_the_reply_from_discord(start, back
     data = factories.make_message_dict(world.channel, world.bot.user, content="Could I BE any more restarted?\n-# Friends S3E5")
     data["components"] = [{"type": 1, "components": [{"type": 2, "style": 2, "label": "Another one", "custom_id": "chandler:again:1:2"}]}]
     on_discord = fake_discord._cur_config.messages.setdefault(world.channel.id, [])  # not in this process's cache
-    plain = factories.make_message_dict(world.channel, world.bot.user, content=chandler.APOLOGY)  # the bot's, no button
+    plain = factories.make_message_dict(world.channel, world.bot.user, content=lines.APOLOGY)  # the bot's, no button
     on_discord += [data, plain]
     await react(world, world.monica, data["id"], "👍")
     await react(world, world.monica, plain["id"], "👍")
@@ -852,5 +852,5 @@ async def test_another_one_the_backend_cannot_give_leaves_the_reply_as_it_was(st
     backend.queue(busy(), busy())
     act = await press(world, world.payloads[0], world.monica)
     assert act.names() == ["response.defer", "followup.send"]
-    assert act.calls[1][2] == chandler.APOLOGY and act.calls[1][3]["ephemeral"] is True
+    assert act.calls[1][2] == lines.APOLOGY and act.calls[1][3]["ephemeral"] is True
     assert world.edits == [] and world.shown() == [DEFAULT_REPLY]

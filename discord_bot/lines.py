@@ -1,0 +1,12 @@
+"""What Chandler says when he is not passing on a reply from the backend."""
+
+APOLOGY = "Sorry, my brain is on a coffee break at Central Perk. Could I BE any less available? Try again in a minute."
+TOO_MUCH = "Could that message BE any longer? Give me something shorter, I have the attention span of a duck."
+EMPTY = "You rang? Say something after the mention, I'm funny, not psychic."
+COOLDOWN = "Whoa, one sarcastic remark at a time. Give me {seconds} more seconds."
+NOT_ALLOWED = "I'm not allowed to talk to you here. Story of my life."
+FORGET_DENIED = "Wiping my memory takes the Manage Messages permission. I know. Could the rules BE any stricter?"
+FORGOTTEN = "Done, I've forgotten everything we said here. Like my seventh-grade talent show."
+NOT_YOURS = "Only whoever asked (or someone with Manage Messages) gets another one. I don't make the rules. OK, I do."
+NOT_LATEST = "That ship has sailed. Only my latest reply here gets another one."
+GONE = "The message I was answering is gone, so I can't take another swing at it."
