@@ -23,7 +23,7 @@ from .writer import NO_PINGS, ReplyWriter, shown, unshown
 log = logging.getLogger(__name__)
 
 INVITE_PERMISSIONS = discord.Permissions(
-    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True, add_reactions=True
+    view_channel=True, send_messages=True, send_messages_in_threads=True, read_message_history=True
 )
 RATINGS = {"👍": 1, "👎": -1}
 LATEST_WINDOW = 50  # the button works while its reply is the bot's last message among this many
