@@ -27,6 +27,8 @@ INVITE_PERMISSIONS = discord.Permissions(
 )
 RATINGS = {"👍": 1, "👎": -1}
 LATEST_WINDOW = 50  # the button works while its reply is the bot's last message among this many
+# what the backend's refusals mean to the user (409: a regenerate after the channel moved on)
+REFUSALS = {400: TOO_MUCH, 413: TOO_MUCH, 422: TOO_MUCH, 409: NOT_LATEST}
 
 K, V = TypeVar("K"), TypeVar("V")
 
@@ -119,7 +121,7 @@ class ChandlerBot(discord.Client):
             return await self.backend.chat(payload, key)
         except BackendError as err:
             log.warning("chat failed for channel %s: %s", payload["channel_id"], err)
-            return TOO_MUCH if err.status in {400, 413, 422} else APOLOGY
+            return REFUSALS.get(err.status, APOLOGY)
 
     async def converse(self, payload: dict[str, Any], key: str, writer: ReplyWriter, view: discord.ui.View) -> str | None:
         """Streams a reply into `writer`. A stream that breaks midway ends with what the backend
@@ -134,8 +136,8 @@ class ChandlerBot(discord.Client):
                     await writer.grow(piece)
         except BackendError as err:
             log.warning("chat stream failed for channel %s: %s", payload["channel_id"], err)
-            if err.status in {400, 413, 422}:
-                reply = TOO_MUCH
+            if err.status in REFUSALS:
+                reply = REFUSALS[err.status]
             elif writer.began:
                 reply = await self.answer(payload, key)
         if isinstance(reply, str):

@@ -854,3 +854,12 @@ async def test_another_one_the_backend_cannot_give_leaves_the_reply_as_it_was(st
     assert act.names() == ["response.defer", "followup.send"]
     assert act.calls[1][2] == lines.APOLOGY and act.calls[1][3]["ephemeral"] is True
     assert world.edits == [] and world.shown() == [DEFAULT_REPLY]
+
+
+async def test_another_one_after_the_channel_moved_on_says_so(start, backend):
+    world = await start()
+    await world.say(world.mention("how was work?"))
+    backend.queue(Answer(status=409, body={"error": {"code": "conflict", "message": "the channel has moved on"}}))
+    act = await press(world, world.payloads[0], world.monica)
+    assert act.calls[-1][2] == lines.NOT_LATEST and act.calls[-1][3]["ephemeral"] is True
+    assert len(backend.requests("/v1/chat")) == 2 and world.edits == []  # refused once, not retried
