@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 
 from data.dialogue import CHARACTER
 
@@ -20,8 +21,11 @@ FALLBACKS = (
 )
 ZWSP = "\u200b"
 
-# `Name:` at the start of a line: one to three capitalised words, e.g. `Joey:`, `Mr. Geller:`.
-_LABEL = re.compile(r"(?m)^[ \t]*(?P<name>[A-Z][\w.'-]*(?:[ \t]+[A-Z][\w.'-]*){0,2})[ \t]*:")
+# A speaker's name: one to three capitalised words, e.g. `Joey`, `Mr. Geller`.
+_NAME = r"[A-Z][\w.'-]*(?:[ \t]+[A-Z][\w.'-]*){0,2}"
+# `Name:` at the start of a line; and a line that may still grow into one while streaming.
+_LABEL = re.compile(rf"(?m)^[ \t]*(?P<name>{_NAME})[ \t]*:")
+_MAYBE_LABEL = re.compile(rf"[ \t]*(?:{_NAME}[ \t]*)?")
 # A new chat role: special tokens such as <|im_start|> or </s>, or a bare `user:` line.
 _ROLE = re.compile(r"<\|[^|>\s]*\|?>?|</?s>|(?im:^[ \t]*(?:user|assistant|system|human)[ \t]*:)")
 _OWN_LABEL = re.compile(rf"(?im)^[ \t]*{CHARACTER}(?:[ \t]+Bing)?[ \t]*:[ \t]*")
@@ -97,3 +101,36 @@ def clean_reply(text: str, max_chars: int = MAX_REPLY_CHARS, truncated: bool = F
     if not reply.strip(" .,;:!?…'\"-"):
         reply = fallback(text)
     return neutralise_mentions(reply)
+
+
+def settled(raw: str) -> str:
+    """The part of streamed raw text that later tokens cannot change: complete words, and not
+    a last line that may still grow into a `Name:` label."""
+    cut = max(raw.rfind(" "), raw.rfind("\n"), raw.rfind("\t"))
+    text = raw[: cut + 1] if cut >= 0 else ""
+    line_start = raw.rfind("\n") + 1
+    if _MAYBE_LABEL.fullmatch(raw[line_start:]):
+        text = text[:line_start]
+    return text
+
+
+def clean_pieces(raw_pieces: Iterable[str], max_chars: int = MAX_REPLY_CHARS) -> Iterator[str]:
+    """Streaming clean-up, for every engine: pieces of raw model text in, pieces of the cleaned
+    reply out, about a word at a time. Only settled text is sent (an unfinished word, an open
+    stage direction or a possible `Name:` waits); it stops reading at another speaker's line or
+    past `max_chars`, and ends with what `clean_reply` adds. The pieces join to `clean_reply`'s
+    text, except that a sentence cut off by the token or length limit is not taken back once sent."""
+    raw, sent = "", ""
+    for piece in raw_pieces:
+        raw += piece
+        if turn_end(raw) is not None:
+            break
+        text = neutralise_mentions(one_turn(settled(raw)))
+        if len(text) > max_chars:
+            break
+        if text.startswith(sent) and len(text) > len(sent):
+            yield text[len(sent) :]
+            sent = text
+    final = clean_reply(raw, max_chars)
+    if final.startswith(sent) and len(final) > len(sent):
+        yield final[len(sent) :]

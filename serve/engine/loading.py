@@ -21,6 +21,8 @@ EMBEDDED = "embedded"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was converted from
 QUANTIZATIONS = ("auto", "none", "4bit")
 DEFAULT_ADAPTER = Path(__file__).resolve().parents[2] / "models" / "chandler-smollm2-135m"
+# End-of-turn tokens of common chat templates (ChatML, Llama 3, Phi, Gemma), used when present.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 class ModelLoadError(RuntimeError):
@@ -110,6 +112,16 @@ def load_tokenizer(base_model: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def stop_token_ids(tokenizer, configured_eos: int | list[int] | None) -> list[int]:
+    """Token ids that end the character's turn: the tokenizer's and the generation config's end
+    of sequence, and the chat template's end-of-turn token."""
+    ids = {tokenizer.eos_token_id}
+    ids.update(configured_eos if isinstance(configured_eos, list) else [configured_eos])
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[token] for token in END_OF_TURN_TOKENS if token in vocab)
+    return sorted(i for i in ids if i is not None)
 
 
 def load_model(base_model: str = EMBEDDED, quantization: str = "auto", device: str = "auto", dtype: torch.dtype | None = None):

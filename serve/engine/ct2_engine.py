@@ -1,0 +1,134 @@
+"""The CTranslate2 engine: the merged model (base + adapter) converted once and cached, int8 on CPU
+by default (float32 as an option), batched `generate_batch` and streaming `generate_tokens`.
+
+Two differences from the torch engine, both from CTranslate2 itself:
+- the repetition penalty counts the reply's own tokens only, not the prompt's (CTranslate2
+  forwards the prompt in one pass); under greedy decoding without a penalty it gives the torch
+  engine's tokens;
+- CTranslate2 seeds a worker thread's random generator once, when the thread first samples, so a
+  request with a seed runs on a fresh generator made for it (one model load, about a second).
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from data.dialogue import CONTEXT_TOKEN_BUDGET, PERSONA, Turn
+from serve.engine.base import EngineBase
+from serve.engine.cleanup import MAX_REPLY_CHARS, turn_end
+from serve.engine.ct2_convert import converted_folder
+from serve.engine.interface import Reply, Sampling
+from serve.engine.loading import EMBEDDED, ModelLoadError, adapter_config, load_tokenizer, resolve, resolve_adapter, stop_token_ids
+
+COMPUTE_TYPES = ("int8", "float32")
+_UNSEEDED = 2**32 - 1  # CTranslate2's "no seed": workers draw theirs from std::random_device
+
+
+class Ct2Engine(EngineBase):
+    """CTranslate2 `Generator` on the merged model; `threads` OpenMP threads per generation
+    (0: CTranslate2's default), `inter_threads` generations at once sharing the weights."""
+
+    def __init__(
+        self,
+        base_model: str = EMBEDDED,
+        adapter: str | Path | None | Literal["default"] = "default",
+        compute_type: str = "int8",
+        device: str = "cpu",
+        persona: str = PERSONA,
+        context_budget: int = CONTEXT_TOKEN_BUDGET,
+        max_chars: int = MAX_REPLY_CHARS,
+        style_model: str | Path | None = None,
+        threads: int = 0,
+        inter_threads: int = 1,
+    ) -> None:
+        import ctranslate2
+
+        if compute_type not in COMPUTE_TYPES:
+            raise ModelLoadError(f"unknown CTranslate2 compute type {compute_type!r} (choose from {', '.join(COMPUTE_TYPES)})")
+        self.base_model, self.style_model = base_model, style_model
+        self.persona, self.context_budget, self.max_chars = persona, context_budget, max_chars
+        self.device, self.compute_type = device, compute_type
+        self.adapter = resolve_adapter(adapter, base_model)
+        if self.adapter is not None:
+            adapter_config(self.adapter)  # fail fast, before any conversion
+        self.folder = converted_folder(base_model, self.adapter)
+        self.tokenizer = load_tokenizer(base_model)
+        self._options = {"device": device, "compute_type": compute_type, "intra_threads": threads}
+        self.generator = ctranslate2.Generator(str(self.folder), inter_threads=inter_threads, **self._options)
+        self.stop_ids = stop_token_ids(self.tokenizer, _configured_eos(base_model))
+        self._seed_lock = threading.Lock()
+
+    def _decoding(self, sampling: Sampling) -> dict:
+        greedy = sampling.temperature <= 0
+        return {
+            "max_length": sampling.max_new_tokens,
+            "sampling_topk": 1 if greedy else 0,  # 0: the whole vocabulary, cut by top_p
+            "sampling_topp": 1.0 if greedy else sampling.top_p,
+            "sampling_temperature": 1.0 if greedy else sampling.temperature,
+            "repetition_penalty": sampling.repetition_penalty,
+            "end_token": self.stop_ids,
+        }
+
+    @contextmanager
+    def _generator(self, sampling: Sampling):
+        """The shared generator; for a seeded sampling request, a fresh one seeded before its worker starts."""
+        if sampling.seed is None or sampling.temperature <= 0:
+            yield self.generator
+            return
+        import ctranslate2
+
+        with self._seed_lock:
+            ctranslate2.set_random_seed(sampling.seed)
+            try:
+                seeded = ctranslate2.Generator(str(self.folder), inter_threads=1, **self._options)
+                yield seeded
+            finally:
+                ctranslate2.set_random_seed(_UNSEEDED)
+
+    def _generate(self, conversations: Sequence[Sequence[Turn]], sampling: Sampling) -> list[Reply]:
+        if not conversations:
+            return []
+        prompts = [self.prompt_ids(turns) for turns in conversations]
+        rows: list[list[int]] = [[] for _ in prompts]
+
+        def turn_ended(step) -> bool:  # stop a row once its text leaves the character's turn
+            rows[step.batch_id].append(step.token_id)
+            return turn_end(self.tokenizer.decode(rows[step.batch_id])) is not None
+
+        with self._generator(sampling) as generator:
+            results = generator.generate_batch(
+                [self.tokenizer.convert_ids_to_tokens(ids) for ids in prompts],
+                include_prompt_in_result=False, return_end_token=True, callback=turn_ended, **self._decoding(sampling),
+            )
+        return [self._reply(len(ids), result.sequences_ids[0], sampling.max_new_tokens) for ids, result in zip(prompts, results)]
+
+    def _raw_stream(self, prompt: list[int], sampling: Sampling) -> Iterator[str]:
+        """Raw text as tokens arrive, held back while a character is still incomplete; closing
+        this closes `generate_tokens`, which stops the generation."""
+        ids: list[int] = []
+        sent = ""
+        with self._generator(sampling) as generator:
+            steps = generator.generate_tokens(self.tokenizer.convert_ids_to_tokens(prompt), **self._decoding(sampling))
+            try:
+                for step in steps:
+                    if step.token_id in self.stop_ids:
+                        break
+                    ids.append(step.token_id)
+                    text = self.tokenizer.decode(ids)
+                    if not text.endswith("\ufffd"):
+                        yield text[len(sent) :]
+                        sent = text
+            finally:
+                steps.close()
+
+
+def _configured_eos(base_model: str) -> int | list[int] | None:
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(resolve(base_model)).eos_token_id
+    except OSError:  # a model without generation_config.json
+        return None
