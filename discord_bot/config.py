@@ -41,10 +41,10 @@ class Options(BaseModel):
     # so that it never gives up on (and resends) a request the backend is still going to answer.
     request_timeout: Annotated[float, Field(gt=0)] = Field(60.0, validation_alias="CHANDLER_REQUEST_TIMEOUT")
     timeout_margin: Seconds = Field(15.0, validation_alias="CHANDLER_TIMEOUT_MARGIN")
-    retry_wait: Seconds = 1.0  # backoff before the single retry when the backend gives no Retry-After
-    max_retry_wait: Seconds = 5.0  # cap on the backend's Retry-After
-    edit_interval: Seconds = 1.0  # a streamed reply edits each message at most this often
-    remembered: Annotated[int, Field(ge=1)] = 10_000  # entries kept in each per-user / per-message map
+    retry_wait: Seconds = Field(1.0, validation_alias="CHANDLER_RETRY_WAIT")  # backoff before the one retry without Retry-After
+    max_retry_wait: Seconds = Field(5.0, validation_alias="CHANDLER_MAX_RETRY_WAIT")  # cap on the backend's Retry-After
+    edit_interval: Seconds = Field(1.0, validation_alias="CHANDLER_EDIT_INTERVAL")  # a streamed reply edits a message at most this often
+    remembered: Annotated[int, Field(ge=1)] = Field(10_000, validation_alias="CHANDLER_REMEMBERED")  # entries per per-user / per-message map
     dev_guild_id: int | None = Field(None, validation_alias="DEV_GUILD_ID")  # sync slash commands to this guild only
 
     @property
