@@ -863,3 +863,11 @@ async def test_another_one_after_the_channel_moved_on_says_so(start, backend):
     act = await press(world, world.payloads[0], world.monica)
     assert act.calls[-1][2] == lines.NOT_LATEST and act.calls[-1][3]["ephemeral"] is True
     assert len(backend.requests("/v1/chat")) == 2 and world.edits == []  # refused once, not retried
+
+
+def test_bot_imports_only_what_its_image_installs():
+    code = "import sys, discord_bot.__main__; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    loaded = set(done.stdout.split())
+    assert {"discord", "aiohttp", "pydantic_settings"} <= loaded
+    assert not loaded & {"torch", "transformers", "ray", "redis", "serve", "data", "train", "playwright"}
