@@ -1,6 +1,6 @@
-"""The backend's settings: documented defaults, overridden by the Serve config's `args`, then by
-environment variables. Secrets (the API key, the Redis URL with its password) come only from the
-environment and are never logged.
+"""The backend's settings: documented defaults, overridden by the Serve config's `args` (typed:
+`AppArgs`), then by environment variables (pydantic-settings). Secrets (the API key, the Redis
+URL with its password, the feedback salt) come only from the environment and are never logged.
 
 | variable                      | default    | meaning                                                 |
 | ----------------------------- | ---------- | ------------------------------------------------------- |
@@ -14,86 +14,84 @@ environment and are never logged.
 | CHANDLER_TOP_P                | 0.9        | nucleus sampling                                        |
 | CHANDLER_BEST_OF              | 1          | >1: sample n replies, send the most Chandler-like (n× the compute; whole replies, not streamed word by word) |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
-| CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context lives after its last turn   |
-| CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above)                    |
-| CHANDLER_REQUEST_TIMEOUT      | 60         | seconds before a request gives up with 503              |
+| CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |
+| CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above; prompts are also capped in tokens, data/dialogue.py) |
+| CHANDLER_REQUEST_TIMEOUT      | 60         | seconds before a request gives up with 503 (history read, generation and commit) |
+| CHANDLER_FEEDBACK             | on         | `off`: POST /v1/feedback stores nothing (answers 404)   |
+| CHANDLER_FEEDBACK_MAX         | 100000     | ratings kept in Redis (a capped stream; the oldest go first) |
+| CHANDLER_FEEDBACK_SALT        | (unset)    | secret for hashing user ids in feedback; unset: no user id is stored |
 | REDIS_URL                     | (unset)    | e.g. redis://localhost:6379/0; unset: in-process store  |
 | CHANDLER_API_KEY              | (unset)    | when set, /v1/* needs `Authorization: Bearer <key>`     |
 """
-from __future__ import annotations
-
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SettingsError(ValueError):
     """A malformed setting; the message is one line for the operator."""
 
 
-@dataclass(frozen=True)
-class Settings:
+class AppArgs(BaseModel):
+    """The Serve config's `args` (serve/config.yaml): every setting but the secrets."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=False)
+
     base_model: str = "embedded"
     adapter: str = "default"
     quantization: str = "auto"
     device: str = "auto"
-    torch_threads: int = 0
-    max_new_tokens: int = 60
-    temperature: float = 0.8
-    top_p: float = 0.9
-    best_of: int = 1
-    context_turns: int = 20
-    context_ttl_s: int = 86400
-    max_message_chars: int = 2000
-    request_timeout_s: float = 60.0
+    torch_threads: NonNegativeInt = 0
+    max_new_tokens: PositiveInt = 60
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    best_of: PositiveInt = 1
+    context_turns: PositiveInt = 20
+    context_ttl_s: PositiveInt = Field(86400, validation_alias="CHANDLER_CONTEXT_TTL")
+    max_message_chars: PositiveInt = 2000
+    request_timeout_s: PositiveFloat = Field(60.0, validation_alias="CHANDLER_REQUEST_TIMEOUT")
+    feedback: bool = True
+    feedback_max: PositiveInt = 100_000
     model_name: str = "chandler"  # the `model` reported by the OpenAI-compatible endpoint
-    redis_url: str | None = field(default=None, repr=False)
-    api_key: str | None = field(default=None, repr=False)
 
 
-ENV = {
-    "base_model": "CHANDLER_BASE_MODEL",
-    "adapter": "CHANDLER_ADAPTER",
-    "quantization": "CHANDLER_QUANTIZATION",
-    "device": "CHANDLER_DEVICE",
-    "torch_threads": "CHANDLER_TORCH_THREADS",
-    "max_new_tokens": "CHANDLER_MAX_NEW_TOKENS",
-    "temperature": "CHANDLER_TEMPERATURE",
-    "top_p": "CHANDLER_TOP_P",
-    "best_of": "CHANDLER_BEST_OF",
-    "context_turns": "CHANDLER_CONTEXT_TURNS",
-    "context_ttl_s": "CHANDLER_CONTEXT_TTL",
-    "max_message_chars": "CHANDLER_MAX_MESSAGE_CHARS",
-    "request_timeout_s": "CHANDLER_REQUEST_TIMEOUT",
-    "redis_url": "REDIS_URL",
-    "api_key": "CHANDLER_API_KEY",
-}
-SECRETS = {"redis_url", "api_key"}  # environment only
+class Settings(AppArgs, BaseSettings):
+    """`AppArgs` with the environment on top (CHANDLER_<NAME> unless the table says otherwise)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHANDLER_", extra="forbid", frozen=True, validate_by_alias=True)
+
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL", repr=False)
+    api_key: str | None = Field(None, repr=False)
+    feedback_salt: str | None = Field(None, repr=False)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        return env_settings, init_settings  # the environment overrides the Serve config's args
+
+    def args(self) -> AppArgs:
+        """The settings without the secrets: what a model replica is given."""
+        return AppArgs(**self.model_dump(include=set(AppArgs.model_fields)))
 
 
-def _convert(field_name: str, shown: str, kind: Any, value: Any) -> Any:
-    if value is None or kind in ("str", "str | None"):
-        return None if value in (None, "") else str(value)
+def env_name(field: str) -> str:
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"CHANDLER_{field.upper()}"
+
+
+def load(args: AppArgs | Mapping[str, Any] | None = None) -> Settings:
+    """Defaults ← the Serve config's `args` ← environment variables; one clear line when malformed."""
     try:
-        number = int(value) if kind == "int" else float(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{shown} must be a number, not {value!r}") from None
-    if number < 0 or (number == 0 and field_name not in {"torch_threads", "temperature"}):
-        raise SettingsError(f"{shown} must be positive, not {value!r}")
-    return number
-
-
-def load(args: Mapping[str, Any] | None = None, env: Mapping[str, str] = os.environ) -> Settings:
-    """Defaults ← the Serve config's `args` ← environment variables."""
-    args = dict(args or {})
-    unknown = set(args) - {f.name for f in fields(Settings)} | (set(args) & SECRETS)
-    if unknown:
-        raise SettingsError(f"unknown or secret settings in the Serve config args: {', '.join(sorted(unknown))}")
-    values: dict[str, Any] = {}
-    for f in fields(Settings):
-        from_env = f.name in ENV and env.get(ENV[f.name]) not in (None, "")
-        raw = env[ENV[f.name]] if from_env else args.get(f.name)
-        if raw is not None:
-            values[f.name] = _convert(f.name, ENV[f.name] if from_env else f.name, f.type, raw)
-    return replace(Settings(), **values)
+        given = args if isinstance(args, AppArgs) else AppArgs.model_validate(dict(args or {}))
+        return Settings(**given.model_dump(exclude_unset=True))
+    except ValidationError as error:
+        problem = error.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "settings"
+        if problem["type"] == "extra_forbidden":
+            raise SettingsError(f"{field}: not a setting the Serve config may give (secrets come from the environment)") from None
+        name = field
+        if field in Settings.model_fields and os.environ.get(env_name(field)):
+            name = env_name(field)
+        raise SettingsError(f"{name}: {problem['msg']}, not {problem.get('input')!r}") from None

@@ -60,6 +60,7 @@ def tiny_adapter(tiny_llama, tmp_path_factory) -> Path:
 
 # -- the Ray Serve backend (serve/app.py): a real redis-server and the real app ------------------
 SERVE_API_KEY = "test-key-not-secret"
+FEEDBACK_SALT = "test-salt-not-secret"
 
 
 def free_port() -> int:
@@ -129,7 +130,7 @@ def redis_db(redis_server):
 @pytest.fixture(scope="session")
 def serve_app(redis_server):
     """Ray (2 CPUs) + the Serve app from serve/config.yaml with the real embedded model (no adapter,
-    6 new tokens), Redis context, an API key. Started once per session. Yields the base URL."""
+    6 new tokens), two ingress replicas, Redis context, an API key, a feedback salt. Started once per session. Yields the base URL."""
     import ray
     from ray import serve
 
@@ -138,12 +139,14 @@ def serve_app(redis_server):
     saved = dict(os.environ)
     for name in [n for n in os.environ if n.startswith("CHANDLER_")]:
         del os.environ[name]  # the developer's own settings must not leak in
-    os.environ.update(REDIS_URL=redis_server.url, CHANDLER_API_KEY=SERVE_API_KEY, RAY_USAGE_STATS_ENABLED="0")
+    os.environ.update(REDIS_URL=redis_server.url, CHANDLER_API_KEY=SERVE_API_KEY, CHANDLER_FEEDBACK_SALT=FEEDBACK_SALT,
+                      RAY_USAGE_STATS_ENABLED="0")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         overrides = {"adapter": "none", "max_new_tokens": 6, "context_turns": 12, "context_ttl_s": 3600, "torch_threads": 1,
                      "request_timeout_s": 120}
-        url = start("127.0.0.1", free_port(), overrides=overrides)
+        two_ingresses = {"ChatIngress": {"num_replicas": 2}}  # as on the cluster: channel state must live in Redis
+        url = start("127.0.0.1", free_port(), overrides=overrides, deployment_overrides=two_ingresses)
         yield url.rstrip("/")
     finally:
         serve.shutdown()

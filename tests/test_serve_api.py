@@ -7,7 +7,7 @@ import httpx
 import pytest
 from conftest import SERVE_API_KEY
 
-from serve.api.context import KEY
+from serve.api.redis_context import KEY
 
 AUTH = {"Authorization": f"Bearer {SERVE_API_KEY}"}
 TIMEOUT = 180
@@ -34,11 +34,13 @@ def sse(response: httpx.Response) -> list:
 
 def test_health_and_readiness(serve_app):
     assert httpx.get(f"{serve_app}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{serve_app}/readyz", timeout=30)
+    bare = httpx.get(f"{serve_app}/readyz", timeout=30)
+    assert bare.status_code == 200 and bare.json() == {"status": "ready"}  # strangers learn nothing more
+    ready = httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30)
     assert ready.status_code == 200, ready.text
     body = ready.json()
     assert body["status"] == "ready" and body["redis"] == "ok" and body["context"] == "redis"
-    assert body["model"]["device"] == "cpu"
+    assert body["model"]["device"] == "cpu" and body["model"]["pid"] > 0
 
 
 def test_a_reply_is_stored_with_the_message(serve_app, redis_db):
@@ -47,12 +49,13 @@ def test_a_reply_is_stored_with_the_message(serve_app, redis_db):
     body = response.json()
     assert isinstance(body["reply"], str) and body["reply"].strip()
     assert body["usage"]["prompt_tokens"] > 20 and 1 <= body["usage"]["completion_tokens"] <= 7
+    assert body["source"] == {"kind": "generated"}
     turns = stored(redis_db, "c-reply")
     assert [(t["role"], t["name"], t["text"]) for t in turns] == [
         ("user", "Joey Tribbiani", "How you doin'?"),
         ("assistant", "Chandler", body["reply"]),
     ]
-    assert turns[0]["ts"] <= turns[1]["ts"] <= time.time()
+    assert turns[0]["ts"] <= turns[1]["ts"] <= time.time() + 1  # stamped by Redis at commit
     assert 3500 < redis_db.ttl(KEY.format("c-reply")) <= 3600  # context_ttl_s of the test app
 
 
@@ -103,6 +106,7 @@ def test_streaming_chat_sends_pieces_then_the_reply(serve_app, redis_db):
     events = sse(response)
     assert events[-1] == "[DONE]"
     final = events[-2]
+    assert set(final) == {"reply", "usage", "source"} and final["source"] == {"kind": "generated"}
     deltas = [e["delta"] for e in events[:-2]]
     assert deltas and "".join(deltas) == final["reply"]
     assert final["usage"]["completion_tokens"] >= 1
@@ -120,7 +124,6 @@ def test_openai_compatible_completion(serve_app, redis_db):
     assert result["model"] == "chandler"
     (choice,) = result["choices"]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
-    assert choice["finish_reason"] in {"stop", "length"}
     usage = result["usage"]
     assert usage["completion_tokens"] <= 5 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
@@ -139,6 +142,23 @@ def test_openai_compatible_completion(serve_app, redis_db):
     assert set(redis_db.keys("chandler:ctx:*")) == keys_before
 
 
+def test_completion_tokens_mean_the_reply_sent_and_a_cut_reply_says_length(serve_app):
+    """One meaning of completion_tokens, streamed or not: the tokens of the reply as sent."""
+    from serve.engine.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("embedded")
+    body = {"messages": [{"role": "user", "content": "Tell me about your job, in detail.", "name": "Ross"}],
+            "max_tokens": 2, "temperature": 0}
+    plain = httpx.post(f"{serve_app}/v1/chat/completions", json=body, headers=AUTH, timeout=TIMEOUT).json()
+    streamed = sse(httpx.post(f"{serve_app}/v1/chat/completions", json={**body, "stream": True}, headers=AUTH,
+                              timeout=TIMEOUT))
+    text = plain["choices"][0]["message"]["content"]
+    assert plain["usage"]["completion_tokens"] == len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert plain["choices"][0]["finish_reason"] == "length"  # two tokens cannot finish Chandler's line
+    streamed_text = "".join(c["choices"][0]["delta"].get("content", "") for c in streamed[:-1])
+    assert streamed[-2]["usage"]["completion_tokens"] == len(tokenizer(streamed_text, add_special_tokens=False)["input_ids"])
+
+
 def test_openai_compatible_streaming(serve_app):
     body = {"messages": [{"role": "user", "content": "Say something"}], "stream": True}
     response = httpx.post(f"{serve_app}/v1/chat/completions", json=body, headers=AUTH, timeout=TIMEOUT)
@@ -148,7 +168,6 @@ def test_openai_compatible_streaming(serve_app):
     chunks = events[:-1]
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == chunks[0]["id"] for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert chunks[-1]["choices"][0]["finish_reason"] in {"stop", "length"}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text.strip()
     assert chunks[-1]["usage"]["completion_tokens"] >= 1
@@ -246,7 +265,7 @@ def test_the_page_and_its_script_are_served(serve_app):
 
 async def test_concurrent_requests_share_engine_passes(serve_app):
     def counts() -> tuple[int, int]:
-        model = httpx.get(f"{serve_app}/readyz", timeout=30).json()["model"]
+        model = httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"]
         return model["batches"], model["batched_requests"]
 
     before = counts()

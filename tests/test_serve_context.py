@@ -1,4 +1,5 @@
-"""The channel-context store (serve/api/context.py) against a real redis-server, and the settings."""
+"""The channel store (serve/api/context.py, redis_context.py) against a real redis-server and in
+memory, by the same rules; and the settings."""
 import asyncio
 import json
 import logging
@@ -6,59 +7,107 @@ import logging
 import pytest
 from conftest import free_port
 
-from serve.api.context import KEY, MemoryContext, RedisContext, open_store, speaker, to_turns, turn
-from serve.settings import Settings, SettingsError, load
+from serve.api.context import COMMITTED, CONFLICT, FORGOTTEN, Commit, MemoryContext, open_store, speaker, to_turns, turn
+from serve.api.redis_context import FEEDBACK, KEY, RedisContext
+from serve.settings import AppArgs, Settings, SettingsError, load
 
 
-async def test_append_trims_and_keeps_exchanges_whole(redis_db, redis_server):
-    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60)
-    try:
-        async def exchange(i: int) -> None:
-            await store.append("c1", turn("user", "Joey", f"q{i}"), turn("assistant", "Chandler", f"a{i}"))
+@pytest.fixture(params=["redis", "memory"])
+async def store(request, redis_server):
+    if request.param == "memory":
+        yield MemoryContext(max_turns=10, ttl_s=60, feedback_max=3)
+        return
+    client = redis_server.client()
+    client.flushdb()
+    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60, feedback_max=3)
+    yield store
+    await store.close()
 
-        await asyncio.gather(*(exchange(i) for i in range(50)))
-        stored = await store.get("c1")
-    finally:
-        await store.close()
-    assert len(stored) == 10 == redis_db.llen(KEY.format("c1"))
+
+def exchange(i: int) -> Commit:
+    return Commit((turn("user", "Joey", f"q{i}"), turn("assistant", "Chandler", f"a{i}")))
+
+
+async def test_commits_trim_keep_exchanges_whole_and_stamp_ts_in_list_order(store):
+    async def one(i: int) -> str:
+        ticket, _ = await store.open("c1")
+        return await store.commit("c1", ticket, exchange(i))
+
+    assert await asyncio.gather(*(one(i) for i in range(50))) == [COMMITTED] * 50
+    stored = await store.get("c1")
+    assert len(stored) == 10
     for user, bot in zip(stored[::2], stored[1::2]):  # never a question without its answer
-        assert user["role"] == "user" and bot["role"] == "assistant"
-        assert user["text"][1:] == bot["text"][1:]
+        assert (user["role"], bot["role"]) == ("user", "assistant") and user["text"][1:] == bot["text"][1:]
     assert set(stored[0]) == {"role", "name", "text", "ts"}
+    stamps = [t["ts"] for t in stored]
+    assert stamps == sorted(stamps)
 
 
-async def test_redis_ttl_expires_and_is_renewed(redis_db, redis_server):
+async def test_an_exchange_opened_before_forget_is_not_committed(store):
+    ticket, _ = await store.open("c")
+    await store.commit("c", ticket, exchange(0))
+    late, history = await store.open("c")
+    assert [t["text"] for t in history] == ["q0", "a0"]
+    await store.forget("c")
+    assert await store.commit("c", late, exchange(1)) == FORGOTTEN
+    assert await store.get("c") == []
+    assert await store.finished("c") == late.seq  # later exchanges need not wait for it
+    fresh, history = await store.open("c")
+    assert history == [] and await store.commit("c", fresh, exchange(2)) == COMMITTED
+    assert [t["text"] for t in await store.get("c")] == ["q2", "a2"]
+
+
+async def test_tickets_count_up_and_release_finishes_them(store):
+    first, _ = await store.open("c")
+    second, _ = await store.open("c")
+    assert second.seq == first.seq + 1 and await store.finished("c") == 0
+    await store.release("c", second)
+    assert await store.finished("c") == second.seq
+    await store.release("c", first)  # finished never goes back
+    assert await store.finished("c") == second.seq
+
+
+async def test_a_repeated_idempotency_key_gets_the_kept_reply_and_commits_nothing(store):
+    kept = json.dumps({"reply": "a0", "usage": {}, "source": {"kind": "generated"}})
+    ticket, _ = await store.open("c")
+    assert await store.commit("c", ticket, Commit(exchange(0).turns, key="m-1", response=kept)) == COMMITTED
+    again, _ = await store.open("c")
+    assert await store.replay("c", "m-1") == kept and await store.replay("c", "m-2") is None
+    assert await store.commit("c", again, Commit(exchange(1).turns, key="m-1", response="other")) == kept
+    assert [t["text"] for t in await store.get("c")] == ["q0", "a0"]
+
+
+async def test_regenerate_replaces_the_last_reply_only_if_it_is_still_the_last(store):
+    ticket, _ = await store.open("c")
+    await store.commit("c", ticket, exchange(0))
+    ticket, _ = await store.open("c")
+    assert await store.commit("c", ticket, Commit((turn("assistant", "Chandler", "new"),), replaces="a0")) == COMMITTED
+    assert [t["text"] for t in await store.get("c")] == ["q0", "new"]
+    ticket, _ = await store.open("c")
+    assert await store.commit("c", ticket, Commit((turn("assistant", "Chandler", "newer"),), replaces="a0")) == CONFLICT
+    assert [t["text"] for t in await store.get("c")] == ["q0", "new"]
+
+
+async def test_redis_keys_expire_with_the_context(redis_db, redis_server):
     store = RedisContext(redis_server.url, max_turns=10, ttl_s=2)
     try:
-        await store.append("c1", turn("user", "Ross", "hi"))
-        await asyncio.sleep(1.2)
-        await store.append("c1", turn("user", "Ross", "still there?"))  # renews the TTL
-        await asyncio.sleep(1.2)
-        assert [t["text"] for t in await store.get("c1")] == ["hi", "still there?"]
-        assert 0 < redis_db.ttl(KEY.format("c1")) <= 2
+        ticket, _ = await store.open("c1")
+        await store.commit("c1", ticket, Commit(exchange(0).turns, key="k", response="{}"))
+        assert 0 < redis_db.ttl(KEY.format("c1")) <= 2 and 0 < redis_db.ttl("chandler:state:c1") <= 2
+        assert 0 < redis_db.ttl("chandler:reply:c1:k") <= 2
         await asyncio.sleep(2.2)
-        assert await store.get("c1") == []
-        assert not redis_db.exists(KEY.format("c1"))
+        assert (await store.open("c1"))[1] == [] and not redis_db.exists(KEY.format("c1"))
     finally:
         await store.close()
 
 
-async def test_redis_clear_and_channel_isolation(redis_db, redis_server):
-    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60)
+async def test_redis_feedback_stream_is_capped_and_malformed_turns_skipped(redis_db, redis_server):
+    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60, feedback_max=3)
     try:
-        await store.append("a", turn("user", "Monica", "clean"))
-        await store.append("b", turn("user", "Rachel", "shop"))
-        await store.clear("a")
-        assert await store.get("a") == []
-        assert [t["text"] for t in await store.get("b")] == ["shop"]
-    finally:
-        await store.close()
-
-
-async def test_redis_malformed_turn_is_skipped(redis_db, redis_server):
-    redis_db.rpush(KEY.format("c"), "not json", json.dumps(turn("user", "Phoebe", "smelly cat")))
-    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60)
-    try:
+        for i in range(200):
+            await store.add_feedback({"reply": f"r{i}", "rating": "1"})
+        assert redis_db.xlen(FEEDBACK) < 200  # approximate trimming keeps about `feedback_max`
+        redis_db.rpush(KEY.format("c"), "not json", json.dumps(turn("user", "Phoebe", "smelly cat")))
         assert [t["text"] for t in await store.get("c")] == ["smelly cat"]
     finally:
         await store.close()
@@ -70,25 +119,32 @@ async def test_redis_down_raises_for_the_caller_to_handle():
     store = RedisContext(f"redis://127.0.0.1:{free_port()}/0", 10, 60, timeout_s=0.5)  # nothing listens there
     try:
         with pytest.raises((ConnectionError, OSError)):
-            await store.get("c")
+            await store.open("c")
     finally:
         await store.close()
 
 
-async def test_memory_store_trims_expires_and_clears():
+async def test_memory_store_expires_and_stays_bounded(monkeypatch):
+    import serve.api.context as context
+
     store = MemoryContext(max_turns=3, ttl_s=1)
-    await store.append("c", *(turn("user", "Joey", str(i)) for i in range(5)))
+    ticket, _ = await store.open("c")
+    await store.commit("c", ticket, Commit(tuple(turn("user", "Joey", str(i)) for i in range(5))))
     assert [t["text"] for t in await store.get("c")] == ["2", "3", "4"]
-    await store.append("d", turn("user", "Joey", "x"))
-    await store.clear("d")
-    assert await store.get("d") == []
     await asyncio.sleep(1.1)
     assert await store.get("c") == []
+    monkeypatch.setattr(context, "MAX_MEMORY_CHANNELS", 5)
+    for i in range(20):
+        await store.open(f"many-{i}")
+    assert len(store.channels) == 5 and "many-19" in store.channels
+    for i in range(20_010):
+        await store.add_feedback({"reply": f"r{i}", "rating": "1"})
+    assert len(store.feedback) == 10_000 and store.feedback[-1]["reply"] == "r20009"
 
 
 def test_open_store_announces_memory_mode(caplog):
     with caplog.at_level(logging.INFO, logger="ray.serve.chandler.context"):
-        store = open_store(None, 20, 60)
+        store = open_store(None, 20, 60, 100)
     assert store.kind == "memory"
     assert "REDIS_URL is not set" in caplog.text and "memory" in caplog.text
 
@@ -111,32 +167,48 @@ def test_stored_turns_become_engine_turns():
     assert speaker("  Mr.  Heckles ") == "Mr."
 
 
-def test_settings_precedence_and_errors():
-    assert load({}, env={}) == Settings()
-    assert load({"torch_threads": 0, "temperature": 0}, env={"CHANDLER_TORCH_THREADS": "0"}).torch_threads == 0
-    assert load({"max_new_tokens": 6, "adapter": "none"}, env={}).max_new_tokens == 6
-    env = {"CHANDLER_MAX_NEW_TOKENS": "9", "CHANDLER_API_KEY": "sekrit-key", "REDIS_URL": "redis://:pw@x"}
-    s = load({"max_new_tokens": 6}, env=env)
-    assert (s.max_new_tokens, s.api_key, s.redis_url) == (9, "sekrit-key", "redis://:pw@x")
-    assert "sekrit" not in repr(s) and "pw@x" not in repr(s)  # secrets stay out of logs
-    with pytest.raises(SettingsError):
-        load({"api_key": "in the config file"}, env={})
-    with pytest.raises(SettingsError):
-        load({"context_turns": "many"}, env={})
-    with pytest.raises(SettingsError, match="CHANDLER_CONTEXT_TTL"):
-        load({}, env={"CHANDLER_CONTEXT_TTL": "0"})
-    with pytest.raises(SettingsError, match="^context_turns"):
-        load({"context_turns": -1}, env={})
-    assert load({"best_of": 2}, env={"CHANDLER_BEST_OF": "4"}).best_of == 4
-    with pytest.raises(SettingsError, match="^CHANDLER_BEST_OF must be positive"):
-        load({}, env={"CHANDLER_BEST_OF": "0"})
+@pytest.fixture
+def clean_env(monkeypatch):
+    import os
+
+    for name in [n for n in os.environ if n.startswith("CHANDLER_") or n == "REDIS_URL"]:
+        monkeypatch.delenv(name)
+    return monkeypatch
 
 
-def test_serve_config_builds_the_application():
-    """serve/config.yaml's import path and args are what `serve run`/`serve deploy` will use."""
+def test_settings_precedence_and_errors(clean_env):
+    assert load({}) == Settings()
+    assert load({"torch_threads": 0, "temperature": 0}).torch_threads == 0
+    assert load({"max_new_tokens": 6, "adapter": "none"}).max_new_tokens == 6
+    for name, value in {"CHANDLER_MAX_NEW_TOKENS": "9", "CHANDLER_API_KEY": "sekrit-key", "REDIS_URL": "redis://:pw@x",
+                        "CHANDLER_CONTEXT_TTL": "30", "CHANDLER_FEEDBACK": "off"}.items():
+        clean_env.setenv(name, value)
+    s = load({"max_new_tokens": 6, "context_ttl_s": 10})
+    assert (s.max_new_tokens, s.api_key, s.redis_url, s.context_ttl_s, s.feedback) == (9, "sekrit-key", "redis://:pw@x", 30, False)
+    assert "sekrit" not in repr(s) and "pw@x" not in repr(s) and "sekrit" not in repr(s.args())  # secrets stay out
+    with pytest.raises(SettingsError, match="^api_key: not a setting"):
+        load({"api_key": "in the config file"})
+    with pytest.raises(SettingsError, match="^context_turns: .*integer"):
+        load({"context_turns": "many"})
+    with pytest.raises(SettingsError, match="^context_turns: .*greater than 0"):
+        load({"context_turns": -1})
+    clean_env.setenv("CHANDLER_CONTEXT_TTL", "0")
+    with pytest.raises(SettingsError, match="^CHANDLER_CONTEXT_TTL: .*greater than 0"):
+        load({})
+    clean_env.setenv("CHANDLER_CONTEXT_TTL", "30")
+    clean_env.setenv("CHANDLER_BEST_OF", "0")
+    with pytest.raises(SettingsError, match="^CHANDLER_BEST_OF: .*greater than 0"):
+        load({"best_of": 2})
+
+
+def test_serve_config_builds_the_application_through_the_typed_builder(clean_env):
+    """serve/config.yaml's import path and args, called the way `serve run`/`serve deploy` call it:
+    Serve validates `args` into the builder's `AppArgs` first, so a misspelt setting is refused."""
     import importlib
 
     import yaml
+    from pydantic import ValidationError
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve.schema import ServeDeploySchema
 
     from serve.launch import CONFIG
@@ -144,9 +216,10 @@ def test_serve_config_builds_the_application():
     config = yaml.safe_load(CONFIG.read_text())
     ServeDeploySchema.model_validate(config)  # what `serve deploy` and KubeRay accept
     (app,) = config["applications"]
-    assert app["name"] == "chandler" and app["route_prefix"] == "/"
-    module, _, name = app["import_path"].partition(":")
-    built = getattr(importlib.import_module(module), name)(app["args"])
     assert {d["name"] for d in app["deployments"]} == {"ChandlerModel", "ChatIngress"}
-    assert type(built).__name__ == "Application"
-    assert load(app["args"], env={}).max_new_tokens == app["args"]["max_new_tokens"]
+    module, _, name = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    assert type(call_user_app_builder_with_args_if_necessary(builder, app["args"])).__name__ == "Application"
+    assert AppArgs.model_validate(app["args"]).max_new_tokens == app["args"]["max_new_tokens"]
+    with pytest.raises(ValidationError, match="max_new_token"):
+        call_user_app_builder_with_args_if_necessary(builder, {**app["args"], "max_new_token": 5})

@@ -15,7 +15,7 @@ def test_redis_down_then_back(serve_app, redis_db, redis_server):
         down = chat(serve_app, "c-redis", "Is Redis up?")
         assert down.status_code == 200, down.text  # still a reply ...
         assert down.json()["usage"]["prompt_tokens"] == fresh  # ... without the history
-        ready = httpx.get(f"{serve_app}/readyz", timeout=30)
+        ready = httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30)
         assert ready.status_code == 503 and ready.headers["retry-after"]
         assert ready.json()["redis"] == "unreachable" and ready.json()["error"]["code"] == "not_ready"
         forget = httpx.delete(f"{serve_app}/v1/channels/c-redis/context", headers=AUTH, timeout=30)
@@ -28,14 +28,14 @@ def test_redis_down_then_back(serve_app, redis_db, redis_server):
     assert [t["text"] for t in stored(client, "c-redis")] == ["Is Redis up?", back.json()["reply"]]
     again = chat(serve_app, "c-redis", "Is Redis up?")
     assert again.json()["usage"]["prompt_tokens"] > fresh  # history resumed
-    assert httpx.get(f"{serve_app}/readyz", timeout=30).status_code == 200
+    assert httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).status_code == 200
 
 
 def test_a_dead_model_replica_gives_503_until_replaced(serve_app, redis_db):
-    pid = httpx.get(f"{serve_app}/readyz", timeout=30).json()["model"]["pid"]
+    pid = httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"]["pid"]
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
-    while httpx.get(f"{serve_app}/readyz", timeout=30).json()["model"] is not None:  # until Serve has noticed
+    while httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"] is not None:  # until Serve has noticed
         assert time.monotonic() - started < 60, "the dead replica was never noticed"
         time.sleep(0.2)
     first = chat(serve_app, "c-dead", "Are you there?")
@@ -52,5 +52,5 @@ def test_a_dead_model_replica_gives_503_until_replaced(serve_app, redis_db):
         assert response.status_code == 503 and response.headers["retry-after"], response.text
         assert time.monotonic() - asked < 10
         time.sleep(1)
-    assert httpx.get(f"{serve_app}/readyz", timeout=30).json()["model"]["pid"] != pid
+    assert httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"]["pid"] != pid
     assert stored(redis_db, "c-dead")[-1]["text"] == response.json()["reply"]

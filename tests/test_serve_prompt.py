@@ -46,3 +46,15 @@ def test_a_prompt_over_the_limit_is_refused(tokenizer):
     assert caught.value.limit == 200 and caught.value.tokens > 200
     with pytest.raises(ValueError):
         prompt_ids(tokenizer, [])
+
+
+def test_the_training_encoder_honours_the_context_budget(tokenizer, tmp_path):
+    """SFTConfig.context_token_budget reaches the encoder (train/sft.py passes it to encoded_split)."""
+    import json
+
+    from train.examples import encoded_split
+
+    context = [{"speaker": "Joey", "text": f"line number {i} of a long scene"} for i in range(12)]
+    (tmp_path / "train.jsonl").write_text(json.dumps({"context": context, "reply": "Could it BE any longer?"}) + "\n")
+    lengths = [len(encoded_split(tmp_path, "train", tokenizer, context_budget=budget)[0]["input_ids"]) for budget in (16, 64, 256)]
+    assert lengths[0] < lengths[1] < lengths[2]

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from conftest import SERVE_API_KEY
 
-from serve.api.context import KEY
+from serve.api.redis_context import KEY
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

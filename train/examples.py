@@ -39,13 +39,13 @@ def encode(record: dict, tokenizer, context_budget: int = CONTEXT_TOKEN_BUDGET, 
     }
 
 
-def encoded_split(data: Path, split: str, tokenizer, limit: int | None = None):
+def encoded_split(data: Path, split: str, tokenizer, limit: int | None = None, context_budget: int = CONTEXT_TOKEN_BUDGET):
     """A `datasets.Dataset` of encoded pairs."""
     from datasets import Dataset
 
     records = read_split(data, split, limit)
     return Dataset.from_list(records).map(
-        lambda record: encode(record, tokenizer),
+        lambda record: encode(record, tokenizer, context_budget),
         remove_columns=list(records[0].keys()),
         desc=f"tokenizing {split}",
     )

@@ -123,8 +123,9 @@ def train(config: SFTConfig, resume: bool = False, overwrite: bool = False) -> d
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     tokenizer = load_tokenizer(config.base_model)
-    train_set = encoded_split(Path(config.data), "train", tokenizer, config.limit)
-    eval_set = encoded_split(Path(config.data), "validation", tokenizer, config.eval_limit or config.limit)
+    budget = config.context_token_budget
+    train_set = encoded_split(Path(config.data), "train", tokenizer, config.limit, budget)
+    eval_set = encoded_split(Path(config.data), "validation", tokenizer, config.eval_limit or config.limit, budget)
     model = peft_model(config)
     trainer = Trainer(
         model=model,

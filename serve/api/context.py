@@ -1,28 +1,35 @@
-"""Each channel's recent conversation: Redis in a cluster, process memory on a single machine.
+"""Each channel's recent conversation: Redis in a cluster (serve/api/redis_context.py), process
+memory on a single machine (here). Both keep the same rules:
 
-One Redis list per channel, `chandler:ctx:{channel_id}`, of JSON turns `{role, name, text, ts}`
-(role `user` or `assistant`). Appending pushes the new turns, trims the list to the last
-`max_turns` and renews the TTL in one MULTI/EXEC transaction, so concurrent requests never leave
-a half-written exchange or an over-long list behind.
+- one list of turns `{role, name, text, ts}` per channel, trimmed to the last `max_turns`,
+  expiring `ttl_s` after its last change; `ts` is stamped at commit, so it follows list order;
+- a per-channel generation number: forgetting a channel bumps it, and an exchange opened under
+  an older generation is not committed (the check is inside the commit, on every replica);
+- a per-channel ticket: exchanges commit in the order they were opened (`Ticket.seq`), and
+  `finished` says how far the channel has got;
+- a reply sent under an Idempotency-Key is kept for `ttl_s`; a repeat gets it back and commits nothing;
+- feedback entries go to a capped log.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from data.dialogue import CHARACTER, Turn
 
 log = logging.getLogger("ray.serve.chandler.context")  # into the replica logs under Ray Serve
 
-KEY = "chandler:ctx:{}"
 DEFAULT_SPEAKER = "Guest"
+MAX_MEMORY_CHANNELS = 10_000  # the memory store drops the least recently used channels past this
+MAX_MEMORY_REPLIES = 1_000  # and, per channel, the oldest replies kept for an Idempotency-Key
 
 
-def turn(role: str, name: str, text: str, ts: float | None = None) -> dict[str, Any]:
-    return {"role": role, "name": name, "text": text, "ts": time.time() if ts is None else ts}
+def turn(role: str, name: str, text: str) -> dict[str, Any]:
+    """A turn to commit; the store stamps its `ts`."""
+    return {"role": role, "name": name, "text": text}
 
 
 def speaker(name: str | None) -> str:
@@ -42,55 +49,52 @@ def to_turns(stored: list[dict[str, Any]]) -> list[Turn]:
     ]
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """An exchange opened on a channel: its place in the channel's order and the generation it saw."""
+
+    seq: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What to write: `turns` appended, or, with `replaces` (the old reply's text), the channel's
+    last reply replaced by `turns[0]`; `key`/`response`: an Idempotency-Key and the reply kept under it."""
+
+    turns: tuple[dict[str, Any], ...]
+    replaces: str | None = None
+    key: str | None = None
+    response: str = ""
+
+
+# Outcomes of a commit, besides a replayed response (a str):
+COMMITTED, FORGOTTEN, CONFLICT = "committed", "forgotten", "conflict"
+
+
 class ContextStore(Protocol):
     kind: str
 
+    async def open(self, channel_id: str) -> tuple[Ticket, list[dict[str, Any]]]: ...
+    async def finished(self, channel_id: str) -> int: ...
+    async def commit(self, channel_id: str, ticket: Ticket, commit: Commit) -> str: ...
+    async def release(self, channel_id: str, ticket: Ticket) -> None: ...
+    async def replay(self, channel_id: str, key: str) -> str | None: ...
     async def get(self, channel_id: str) -> list[dict[str, Any]]: ...
-    async def append(self, channel_id: str, *turns: dict[str, Any]) -> None: ...
-    async def clear(self, channel_id: str) -> None: ...
+    async def forget(self, channel_id: str) -> None: ...
+    async def add_feedback(self, entry: dict[str, str]) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
 
-class RedisContext:
-    """redis-py's asyncio client; its pool reconnects by itself once Redis is back."""
-
-    kind = "redis"
-
-    def __init__(self, url: str, max_turns: int, ttl_s: int, timeout_s: float = 2.0) -> None:
-        import redis.asyncio as redis
-
-        self.max_turns, self.ttl_s = max_turns, ttl_s
-        self.client = redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=10, decode_responses=True
-        )
-
-    async def get(self, channel_id: str) -> list[dict[str, Any]]:
-        raw = await self.client.lrange(KEY.format(channel_id), -self.max_turns, -1)
-        turns = []
-        for item in raw:
-            try:
-                turns.append(json.loads(item))
-            except ValueError:
-                log.warning("skipping a malformed turn in channel %s", channel_id)
-        return turns
-
-    async def append(self, channel_id: str, *turns: dict[str, Any]) -> None:
-        key = KEY.format(channel_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, *(json.dumps(t, ensure_ascii=False) for t in turns))
-            pipe.ltrim(key, -self.max_turns, -1)
-            pipe.expire(key, self.ttl_s)
-            await pipe.execute()
-
-    async def clear(self, channel_id: str) -> None:
-        await self.client.delete(KEY.format(channel_id))
-
-    async def ping(self) -> None:
-        await self.client.ping()
-
-    async def close(self) -> None:
-        await self.client.aclose()
+@dataclass
+class _Channel:
+    turns: deque
+    expires: float
+    seq: int = 0
+    finished: int = 0
+    generation: int = 0
+    replies: dict[str, str] = field(default_factory=dict)  # Idempotency-Key → response
 
 
 class MemoryContext:
@@ -98,30 +102,70 @@ class MemoryContext:
 
     kind = "memory"
 
-    def __init__(self, max_turns: int, ttl_s: int) -> None:
+    def __init__(self, max_turns: int, ttl_s: int, feedback_max: int = 10_000) -> None:
         self.max_turns, self.ttl_s = max_turns, ttl_s
-        self.channels: dict[str, tuple[deque, float]] = {}
+        self.channels: OrderedDict[str, _Channel] = OrderedDict()
+        self.feedback: deque = deque(maxlen=feedback_max)
 
-    def _live(self, channel_id: str) -> deque | None:
+    def _channel(self, channel_id: str) -> _Channel:
+        now = time.monotonic()
         entry = self.channels.get(channel_id)
-        if entry and entry[1] <= time.monotonic():
-            del self.channels[channel_id]
-            return None
-        return entry[0] if entry else None
+        if entry is None or entry.expires <= now:
+            entry = _Channel(deque(maxlen=self.max_turns), now + self.ttl_s)
+            self.channels[channel_id] = entry
+        self.channels.move_to_end(channel_id)
+        while len(self.channels) > MAX_MEMORY_CHANNELS:
+            self.channels.popitem(last=False)
+        return entry
+
+    async def open(self, channel_id: str) -> tuple[Ticket, list[dict[str, Any]]]:
+        entry = self._channel(channel_id)
+        entry.seq += 1
+        return Ticket(entry.seq, entry.generation), list(entry.turns)
+
+    async def finished(self, channel_id: str) -> int:
+        return self._channel(channel_id).finished
+
+    async def commit(self, channel_id: str, ticket: Ticket, commit: Commit) -> str:
+        entry = self._channel(channel_id)
+        entry.finished = max(entry.finished, ticket.seq)
+        if commit.key and commit.key in entry.replies:
+            return entry.replies[commit.key]
+        if entry.generation != ticket.generation:
+            return FORGOTTEN
+        last_ts = entry.turns[-1]["ts"] if entry.turns else 0.0
+        stamped = [{**t, "ts": max(time.time(), last_ts)} for t in commit.turns]
+        if commit.replaces is not None:
+            last = entry.turns[-1] if entry.turns else {}
+            if last.get("role") != "assistant" or last.get("text") != commit.replaces:
+                return CONFLICT
+            entry.turns[-1] = stamped[0]
+        else:
+            entry.turns.extend(stamped)
+        if commit.key:
+            entry.replies[commit.key] = commit.response
+            if len(entry.replies) > MAX_MEMORY_REPLIES:
+                del entry.replies[next(iter(entry.replies))]
+        entry.expires = time.monotonic() + self.ttl_s
+        return COMMITTED
+
+    async def release(self, channel_id: str, ticket: Ticket) -> None:
+        entry = self._channel(channel_id)
+        entry.finished = max(entry.finished, ticket.seq)
+
+    async def replay(self, channel_id: str, key: str) -> str | None:
+        return self._channel(channel_id).replies.get(key)
 
     async def get(self, channel_id: str) -> list[dict[str, Any]]:
-        return list(self._live(channel_id) or ())
+        return list(self._channel(channel_id).turns)
 
-    async def append(self, channel_id: str, *turns: dict[str, Any]) -> None:
-        kept = self._live(channel_id) or deque(maxlen=self.max_turns)
-        kept.extend(turns)
-        self.channels[channel_id] = (kept, time.monotonic() + self.ttl_s)
-        if len(self.channels) > 10_000:  # drop what has expired now and then
-            for cid in list(self.channels):
-                self._live(cid)
+    async def forget(self, channel_id: str) -> None:
+        entry = self._channel(channel_id)
+        entry.turns.clear()
+        entry.generation += 1
 
-    async def clear(self, channel_id: str) -> None:
-        self.channels.pop(channel_id, None)
+    async def add_feedback(self, entry: dict[str, str]) -> None:
+        self.feedback.append(entry)
 
     async def ping(self) -> None:
         return None
@@ -130,14 +174,16 @@ class MemoryContext:
         return None
 
 
-def open_store(redis_url: str | None, max_turns: int, ttl_s: int) -> ContextStore:
+def open_store(redis_url: str | None, max_turns: int, ttl_s: int, feedback_max: int) -> ContextStore:
     if redis_url:
+        from serve.api.redis_context import RedisContext
+
         log.info("channel context in Redis (last %d turns, TTL %ds)", max_turns, ttl_s)
-        return RedisContext(redis_url, max_turns, ttl_s)
+        return RedisContext(redis_url, max_turns, ttl_s, feedback_max)
     log.warning(
         "REDIS_URL is not set: channel context is kept in this process's memory "
         "(last %d turns, TTL %ds; lost on restart, not shared between replicas)",
         max_turns,
         ttl_s,
     )
-    return MemoryContext(max_turns, ttl_s)
+    return MemoryContext(max_turns, ttl_s, feedback_max)

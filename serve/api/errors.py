@@ -40,15 +40,26 @@ def _validation_error(error: RequestValidationError | ValidationError) -> ApiErr
     return ApiError(422, "invalid_request", f"{where}: {first.get('msg', 'invalid value')}")
 
 
+async def read_body(request: Request) -> bytes:
+    """The body, read no further than MAX_BODY_BYTES (a chunked body has no Content-Length to check)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def parse(request: Request, model: type[BaseModel]) -> Any:
-    """The body as `model`, whatever the Content-Type says: 400 for bad JSON, 422 for bad fields."""
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(413, "too_large", f"request body over {MAX_BODY_BYTES} bytes")
+    """The body as `model`, whatever the Content-Type says: 400 for bad JSON (also nested too
+    deep, or text with lone surrogates), 422 for bad fields."""
+    raw = await read_body(request)
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+        json.dumps(data, ensure_ascii=False).encode()  # "\ud800" parses, but is no text a tokenizer takes
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+        raise ApiError(400, "invalid_json", "the request body is not valid JSON (or not valid Unicode text)") from None
     if not isinstance(data, dict):
         raise ApiError(422, "invalid_request", "body: expected a JSON object")
     try:

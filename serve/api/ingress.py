@@ -1,9 +1,12 @@
 """`ChatIngress`: the FastAPI routes of the HTTP contract in front of `ChandlerModel`.
 
-POST /v1/chat, DELETE /v1/channels/{id}/context, POST /v1/chat/completions (OpenAI-compatible,
-stateless, `stream: true` → server-sent events), GET /healthz, GET /readyz, GET / (web chat page).
+POST /v1/chat, POST /v1/feedback, DELETE /v1/channels/{id}/context, POST /v1/chat/completions
+(OpenAI-compatible, stateless), GET /v1/models, GET /healthz, GET /readyz, GET / (web chat page).
+Channel state lives in the store (Redis in a cluster), so any ingress replica may answer any request.
 """
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import re
@@ -17,51 +20,48 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.api.context import open_store, speaker, to_turns, turn
-from serve.api.errors import RETRY_BUSY, RETRY_DOWN, STATIC, ApiError, api, parse
-from serve.api.schemas import CHANNEL_ID, ChatRequest, OpenAIRequest
-from serve.settings import load
+from serve.api.context import Commit, open_store, speaker, to_turns, turn
+from serve.api.errors import RETRY_DOWN, STATIC, ApiError, api, parse
+from serve.api.exchange import Exchange
+from serve.api.modelcall import ModelClient
+from serve.api.openai import SSE_HEADERS, completion, completion_events, request_turns, sse
+from serve.api.schemas import CHANNEL_ID, IDEMPOTENCY_KEY, ChatRequest, FeedbackRequest, OpenAIRequest
+from serve.settings import AppArgs, load
 
 log = logging.getLogger("ray.serve.chandler")
 
-
-def _sse(data: Any) -> str:
-    return "data: " + (data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)) + "\n\n"
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+GENERATED = {"kind": "generated"}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
 @serve.ingress(api)
 class ChatIngress:
-    def __init__(self, model: DeploymentHandle, settings: dict[str, Any]) -> None:
-        self.model = model
-        self.settings = s = load(settings)  # the environment (REDIS_URL, CHANDLER_API_KEY) is read here
-        self.store = open_store(s.redis_url, s.context_turns, s.context_ttl_s)
-        self.store_up = True
-        self.model_lost = False
-        self.lost = asyncio.Event()  # set while model_lost: wakes requests waiting for a dead replica
-        self.watcher: asyncio.Task | None = None
-        self.tails: dict[str, asyncio.Future] = {}  # per channel: the last request's commit
-        self.resets: dict[str, float] = {}  # per channel: when it was last forgotten
+    def __init__(self, model: DeploymentHandle, args: AppArgs) -> None:
+        self.settings = s = load(args)  # the secrets (REDIS_URL, CHANDLER_API_KEY, ...) come from this replica's environment
+        self.store = open_store(s.redis_url, s.context_turns, s.context_ttl_s, s.feedback_max)
+        self.model = ModelClient(model, s)
+        self.exchange = Exchange(self.store)
         log.info("ingress ready: %r, API key %s", s, "required" if s.api_key else "not required")
 
-    # -- helpers ------------------------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------------------------
+    def allowed(self, request: Request) -> bool:
+        key = self.settings.api_key
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return not key or (scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), key.encode()))
+
     def authorize(self, request: Request) -> None:
         """Before anything else about the request is looked at."""
-        key = self.settings.api_key
-        if not key:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), key.encode()):
+        if not self.allowed(request):
             raise ApiError(401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)")
 
-    def check_message(self, text: str) -> None:
+    def check_message(self, text: str | None) -> str:
+        if text is None:
+            raise ApiError(422, "invalid_request", "message: Field required")
         if not text.strip():
             raise ApiError(400, "empty_message", "the message is empty")
         if len(text) > self.settings.max_message_chars:
             raise ApiError(413, "message_too_long", f"the message is over {self.settings.max_message_chars} characters")
+        return text
 
     def sampling(self, max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
                  seed: int | None = None) -> dict[str, Any]:
@@ -74,176 +74,31 @@ class ChatIngress:
             "seed": seed,
         }
 
-    def _store_failed(self, what: str, error: BaseException) -> None:
-        if self.store_up:
-            log.warning("Redis unavailable (%s: %s): replying without channel history until it is back", what, type(error).__name__)
-        self.store_up = False
+    def deadline(self) -> float:
+        return time.monotonic() + self.settings.request_timeout_s
 
-    def _store_ok(self) -> None:
-        if not self.store_up:
-            log.info("Redis is back: channel history resumes")
-        self.store_up = True
-
-    async def history(self, channel_id: str) -> list[dict[str, Any]]:
-        try:
-            stored = await asyncio.wait_for(self.store.get(channel_id), 3)
-        except Exception as error:  # Redis down or slow: answer without history
-            self._store_failed("read", error)
-            return []
-        self._store_ok()
-        return stored
-
-    async def commit(self, channel_id: str, arrived: float, *turns: dict[str, Any]) -> None:
-        if self.resets.get(channel_id, 0) > arrived:
-            return  # the channel was forgotten while this request was being answered
-        try:
-            await asyncio.wait_for(self.store.append(channel_id, *turns), 3)
-        except Exception as error:
-            self._store_failed("write", error)
-            return
-        self._store_ok()
-
-    def ticket(self, channel_id: str) -> tuple[asyncio.Future | None, asyncio.Future]:
-        """Exchanges of one channel are committed in the order their requests arrived."""
-        previous = self.tails.get(channel_id)
-        mine = asyncio.get_running_loop().create_future()
-        self.tails[channel_id] = mine
-        return previous, mine
-
-    async def after(self, previous: asyncio.Future | None, deadline: float) -> None:
-        if previous is not None and not previous.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(previous), max(0.1, deadline - time.monotonic()))
-            except TimeoutError:
-                pass
-
-    def release(self, channel_id: str, mine: asyncio.Future) -> None:
-        if not mine.done():
-            mine.set_result(None)
-        if self.tails.get(channel_id) is mine:
-            del self.tails[channel_id]
-
-    def model_error(self, error: BaseException) -> ApiError:
-        """A model call's failure as the contract's error."""
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-
-        if isinstance(error, ApiError):
-            return error
-        if isinstance(error, TimeoutError):
-            return ApiError(503, "timeout", f"no reply within {self.settings.request_timeout_s:g}s; try again later", RETRY_DOWN)
-        if isinstance(error, BackPressureError):
-            return ApiError(503, "overloaded", "the model is overloaded; try again shortly", RETRY_BUSY)
-        if isinstance(error, (RayActorError, ActorUnavailableError, ReplicaUnavailableError, DeploymentUnavailableError)):
-            log.warning("model replica lost (%s); answering 503 until Ray has replaced it", type(error).__name__)
-            return ApiError(503, "model_unavailable", "the model is restarting; try again shortly", RETRY_DOWN)
-        if isinstance(error, RayTaskError):
-            log.error("model call failed: %s", error)
-        else:
-            log.exception("model call failed")
-        return ApiError(500, "internal", "the model failed on this request; see the server log")
-
-    async def _watch_model(self) -> None:
-        """Every second, ask the Serve controller whether a model replica is running: while none
-        is (loading, or a dead one being replaced), requests get a 503 at once instead of
-        waiting in the router's queue."""
-        app = serve.get_replica_context().app_name
-        while True:
-            try:
-                status = await asyncio.to_thread(serve.status)
-                replicas = status.applications[app].deployments["ChandlerModel"].replica_states
-                lost = replicas.get("RUNNING", 0) == 0
-                if lost and not self.model_lost:
-                    log.warning("no model replica is running: answering 503")
-                    self.lost.set()
-                elif self.model_lost and not lost:
-                    log.info("a model replica is running: answering again")
-                    self.lost.clear()
-                self.model_lost = lost
-            except Exception as error:  # the controller is busy or restarting: keep the last answer
-                log.debug("model status unknown: %s", error)
-            await asyncio.sleep(1)
-
-    def model_available(self) -> None:
-        if self.watcher is None or self.watcher.done():
-            self.watcher = asyncio.create_task(self._watch_model())
-        if self.model_lost:
-            raise ApiError(503, "model_unavailable", "the model is loading or restarting; try again shortly", RETRY_DOWN)
-
-    async def call(self, pending, awaitable) -> Any:
-        """The model's answer, or the contract's error: a 503 once the request timeout passes or
-        once the model replica is known to be gone (rather than waiting in the router's queue
-        for its replacement). `pending` is the DeploymentResponse(Generator) to cancel."""
-        self.model_available()
-        work = asyncio.ensure_future(awaitable)
-        lost = asyncio.ensure_future(self.lost.wait())
-        try:
-            done, _ = await asyncio.wait({work, lost}, timeout=self.settings.request_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if work in done:
-                return work.result()
-            raise ApiError(503, "model_unavailable", "the model is restarting; try again shortly", RETRY_DOWN) if lost in done \
-                else TimeoutError()
-        except BaseException as error:
-            work.cancel()
-            pending.cancel()
-            if isinstance(error, asyncio.CancelledError):
-                raise
-            raise self.model_error(error) from None
-        finally:
-            lost.cancel()
-
-    async def reply(self, turns: list[dict[str, str]], sampling: dict[str, Any]) -> dict[str, Any]:
-        self.model_available()
-        response = self.model.generate.remote(turns, sampling)
-
-        async def answer() -> dict[str, Any]:
-            return await response
-
-        return await self.call(response, answer())
-
-    async def open_stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
-        """The model's stream with its first piece already in hand, so that overload, timeout and
-        a lost replica still answer with a proper status rather than a broken event stream."""
-        self.model_available()
-        stream = self.model.options(stream=True).stream.remote(turns, sampling)
-        return await self.call(stream, stream.__anext__()), stream
-
-    async def pieces(self, first: dict[str, Any], stream, deadline: float):
-        """The model's items, first included; an error after the start becomes an error event."""
-        yield first
-        try:
-            while True:
-                item = await asyncio.wait_for(stream.__anext__(), max(0.1, deadline - time.monotonic()))
-                yield item
-        except StopAsyncIteration:
-            return
-        except Exception as error:
-            stream.cancel()
-            failure = self.model_error(error)
-            yield {"error": {"code": failure.code, "message": failure.message}}
-
-    # -- routes -------------------------------------------------------------------------------
+    # -- probes and the page ----------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
     @api.get("/readyz")
-    async def readyz(self) -> JSONResponse:
+    async def readyz(self, request: Request) -> JSONResponse:
+        """A bare status for anyone; the details (model, device, counters) only with the API key."""
         checks: dict[str, Any] = {"context": self.store.kind, "model": None}
         try:
-            self.model_available()
-            checks["model"] = await asyncio.wait_for(self.model.info.remote(), 3)
+            self.model.available()
+            checks["model"] = await asyncio.wait_for(self.model.model.info.remote(), 3)
         except Exception:
             pass
-        try:
-            await asyncio.wait_for(self.store.ping(), 2)
-            checks["redis"] = "ok" if self.store.kind == "redis" else "not used"
-        except Exception as error:
-            self._store_failed("ping", error)
-            checks["redis"] = "unreachable"
+        if self.store.kind == "redis":
+            checks["redis"] = "ok" if (await self.exchange.guard("ping", self.store.ping(), 2))[0] else "unreachable"
+        else:
+            checks["redis"] = "not used"
         ready = checks["model"] is not None and checks["redis"] != "unreachable"
-        body = {"status": "ready" if ready else "not ready", **checks}
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
+        if self.allowed(request):
+            body.update(checks)
         if not ready:
             body["error"] = {"code": "not_ready", "message": "the model is loading or Redis is unreachable"}
         return JSONResponse(body, 200 if ready else 503, {} if ready else {"Retry-After": RETRY_DOWN})
@@ -252,66 +107,104 @@ class ChatIngress:
     async def page(self) -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    # -- the bot's API ------------------------------------------------------------------------------
     @api.post("/v1/chat")
     async def chat(self, request: Request) -> Response:
+        """One exchange on a channel: its history, the model's reply, both committed (see exchange.py)."""
         self.authorize(request)
         body: ChatRequest = await parse(request, ChatRequest)
-        self.check_message(body.message)
-        arrived, deadline = time.time(), time.monotonic() + self.settings.request_timeout_s
-        stored = await self.history(body.channel_id)
-        user_turn = turn("user", body.user.name, body.message, arrived)
-        turns = to_turns(stored) + [{"speaker": speaker(body.user.name), "text": body.message}]
-        previous, mine = self.ticket(body.channel_id)
+        key = request.headers.get("idempotency-key")
+        if key is not None and not re.fullmatch(IDEMPOTENCY_KEY, key):
+            raise ApiError(422, "invalid_request", "Idempotency-Key: 1-200 printable ASCII characters")
+        message = None if body.regenerate else self.check_message(body.message)
+        channel, deadline = body.channel_id, self.deadline()
+        if key and (kept := await self.exchange.replayed(channel, key, deadline)):
+            return self.answer(kept, body.stream)
+        ticket, stored = await self.exchange.open(channel, deadline)
         try:
+            if body.regenerate:
+                if not stored or stored[-1].get("role") != "assistant":
+                    raise ApiError(409, "nothing_to_regenerate", "the channel has no reply to regenerate")
+                commit = Commit((), replaces=stored[-1]["text"], key=key)
+                turns = to_turns(stored[:-1])
+            else:
+                commit = Commit((turn("user", body.user.name, message),), key=key)
+                turns = to_turns(stored) + [{"speaker": speaker(body.user.name), "text": message}]
             if body.stream:
-                first, stream = await self.open_stream(turns, self.sampling())
-                events = self._chat_events(body.channel_id, arrived, user_turn, first, stream, previous, mine, deadline)
+                first, stream = await self.model.open_stream(turns, self.sampling(), deadline)
+                events = self.chat_events(channel, ticket, commit, self.model.pieces(first, stream, deadline), deadline)
+                ticket = None  # the events release it
                 return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-            result = await self.reply(turns, self.sampling())
-            await self.after(previous, deadline)
-            await self.commit(body.channel_id, arrived, user_turn, turn("assistant", "Chandler", result["text"]))
-        except BaseException:
-            self.release(body.channel_id, mine)
-            raise
-        self.release(body.channel_id, mine)
-        usage = {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]}
-        return JSONResponse({"reply": result["text"], "usage": usage})
+            result = await self.model.reply(turns, self.sampling(), deadline)
+            answer = {"reply": result["text"], "usage": {k: result[k] for k in ("prompt_tokens", "completion_tokens")},
+                      "source": result.get("source") or GENERATED}
+            answer, ticket = await self.exchange.commit(channel, ticket, commit, answer, deadline), None
+            return JSONResponse(answer)
+        finally:
+            self.exchange.release(channel, ticket)
 
-    async def _chat_events(self, channel_id, arrived, user_turn, first, stream, previous, mine, deadline):
-        text, usage = "", None
+    async def chat_events(self, channel, ticket, commit: Commit, pieces, deadline: float):
+        """`{"delta"}` events, then `{"reply", "usage", "source"}` once committed, then `[DONE]`."""
+        text, usage, source = "", None, GENERATED
         try:
-            async for item in self.pieces(first, stream, deadline):
+            async for item in pieces:
                 if "delta" in item:
                     text += item["delta"]
-                    yield _sse({"delta": item["delta"]})
+                    yield sse({"delta": item["delta"]})
                 elif "usage" in item:
-                    usage = item["usage"]
+                    usage, source = item["usage"], item.get("source") or source
                 else:
-                    yield _sse(item)
+                    yield sse(item)
                     return
-            await self.after(previous, deadline)
-            await self.commit(channel_id, arrived, user_turn, turn("assistant", "Chandler", text))
-            yield _sse({"reply": text, "usage": usage})
-            yield _sse("[DONE]")
+            answer = {"reply": text, "usage": usage, "source": source}
+            answer, ticket = await self.exchange.commit(channel, ticket, commit, answer, deadline), None
+            yield sse(answer)
+            yield sse("[DONE]")
         finally:
-            if usage is None:
-                stream.cancel()
-            self.release(channel_id, mine)
+            self.exchange.release(channel, ticket)
+
+    def answer(self, answer: dict[str, Any], stream: bool) -> Response:
+        """A reply kept for its Idempotency-Key, sent again as it was asked for."""
+        if not stream:
+            return JSONResponse(answer)
+        events = [sse({"delta": answer["reply"]}), sse(answer), sse("[DONE]")]
+        return StreamingResponse(iter(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @api.delete("/v1/channels/{channel_id}/context", status_code=204)
     async def forget(self, channel_id: str, request: Request) -> Response:
         self.authorize(request)
         if not re.fullmatch(CHANNEL_ID, channel_id):
             raise ApiError(422, "invalid_request", "channel_id: 1-100 letters, digits or ._:-")
-        self.resets[channel_id] = time.time()
-        try:
-            await asyncio.wait_for(self.store.clear(channel_id), 3)
-        except Exception as error:
-            self._store_failed("delete", error)
-            raise ApiError(503, "context_unavailable", "Redis is unreachable; the context was not forgotten", RETRY_DOWN) from None
-        self._store_ok()
+        if not (await self.exchange.guard("delete", self.store.forget(channel_id), 3))[0]:
+            raise ApiError(503, "context_unavailable", "Redis is unreachable; the context was not forgotten", RETRY_DOWN)
         return Response(status_code=204)
 
+    @api.post("/v1/feedback", status_code=204)
+    async def feedback(self, request: Request) -> Response:
+        """A rating of one of the channel's replies, kept with the turns that reply answered."""
+        self.authorize(request)
+        if not self.settings.feedback:
+            raise ApiError(404, "feedback_off", "feedback is turned off on this server (CHANDLER_FEEDBACK=off)")
+        body: FeedbackRequest = await parse(request, FeedbackRequest)
+        ok, stored = await self.exchange.guard("read", self.store.get(body.channel_id), 3)
+        if not ok:
+            raise ApiError(503, "context_unavailable", "Redis is unreachable; the rating was not stored", RETRY_DOWN)
+        index = next((i for i in range(len(stored) - 1, -1, -1)
+                      if stored[i].get("role") == "assistant" and stored[i].get("text") == body.reply), None)
+        if index is None:
+            raise ApiError(404, "unknown_reply", "that reply is not in the channel's recent conversation; nothing was stored")
+        entry = {"context": json.dumps(to_turns(stored[:index]), ensure_ascii=False), "reply": body.reply,
+                 "rating": str(body.rating), "user": self.user_hash(body.user.id), "ts": f"{time.time():.3f}"}
+        if not (await self.exchange.guard("feedback", self.store.add_feedback(entry), 3))[0]:
+            raise ApiError(503, "context_unavailable", "Redis is unreachable; the rating was not stored", RETRY_DOWN)
+        return Response(status_code=204)
+
+    def user_hash(self, user_id: str) -> str:
+        """HMAC-SHA256 of the user id with the secret salt; without a salt no user id is kept."""
+        salt = self.settings.feedback_salt
+        return hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest() if salt else ""
+
+    # -- OpenAI-compatible --------------------------------------------------------------------------
     @api.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self.authorize(request)
@@ -319,56 +212,16 @@ class ChatIngress:
 
     @api.post("/v1/chat/completions")
     async def completions(self, request: Request) -> Response:
-        """Stateless: the conversation is in `messages`. System messages are ignored (the persona
-        is fixed); user messages speak as the first word of `name` (default `Guest`)."""
+        """Stateless: the conversation is in `messages` (see openai.py)."""
         self.authorize(request)
         body: OpenAIRequest = await parse(request, OpenAIRequest)
-        turns = []
-        for message in body.messages:
-            if message.role in ("system", "developer"):
-                continue
-            text = message.text()
-            if len(text) > self.settings.max_message_chars:
-                raise ApiError(413, "message_too_long", f"a message is over {self.settings.max_message_chars} characters")
-            who = "Chandler" if message.role == "assistant" else speaker(message.name)
-            turns.append({"speaker": who, "text": text})
-        if not turns or body.messages[-1].role != "user":
-            raise ApiError(400, "invalid_request", "the last message must be the user's")
+        turns = request_turns(body, self.settings.max_message_chars)
         self.check_message(turns[-1]["text"])
         sampling = self.sampling(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p, body.seed)
-        ident, created = "chatcmpl-" + uuid.uuid4().hex, int(time.time())
-        head = {"id": ident, "created": created, "model": self.settings.model_name}
+        head = {"id": "chatcmpl-" + uuid.uuid4().hex, "created": int(time.time()), "model": self.settings.model_name}
+        deadline = self.deadline()
         if body.stream:
-            first, stream = await self.open_stream(turns, sampling)
-            deadline = time.monotonic() + self.settings.request_timeout_s
-            events = self._completion_events(head, first, stream, deadline, sampling["max_new_tokens"])
+            first, stream = await self.model.open_stream(turns, sampling, deadline)
+            events = completion_events(head, self.model.pieces(first, stream, deadline))
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await self.reply(turns, sampling)
-        return JSONResponse({
-            **head, "object": "chat.completion",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["text"]},
-                         "finish_reason": "length" if result["completion_tokens"] >= sampling["max_new_tokens"] else "stop"}],
-            "usage": {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
-                      "total_tokens": result["prompt_tokens"] + result["completion_tokens"]},
-        })
-
-    async def _completion_events(self, head, first, stream, deadline, max_tokens):
-        chunk = {**head, "object": "chat.completion.chunk"}
-        yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        done = False
-        try:
-            async for item in self.pieces(first, stream, deadline):
-                if "delta" in item:
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {"content": item["delta"]}, "finish_reason": None}]})
-                elif "usage" in item:
-                    usage = {**item["usage"], "total_tokens": sum(item["usage"].values())}
-                    reason = "length" if usage["completion_tokens"] >= max_tokens else "stop"
-                    yield _sse({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}], "usage": usage})
-                    done = True
-                else:
-                    yield _sse(item)
-                    return
-            yield _sse("[DONE]")
-        finally:
-            if not done:
-                stream.cancel()
+        return JSONResponse(completion(head, await self.model.reply(turns, sampling, deadline)))

@@ -4,12 +4,11 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from dataclasses import asdict
 from typing import Any
 
 from ray import serve
 
-from serve.settings import Settings
+from serve.settings import AppArgs
 
 log = logging.getLogger("ray.serve.chandler")  # under Ray Serve's logger: lands in the replica logs
 
@@ -26,10 +25,9 @@ class ChandlerModel:
     `max_batch_size`); right after a pass it waits a moment (at most a tenth of the pass, at most
     1 s) for the clients it just answered, so that their next requests join the same pass."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, s: AppArgs) -> None:
         from serve.engine import Engine
 
-        s = Settings(**settings)
         if s.torch_threads:
             import torch
 
@@ -41,6 +39,7 @@ class ChandlerModel:
         self.runner: asyncio.Task | None = None
         self.last_pass: tuple[float, float, int] | None = None  # (ended at, seconds, requests)
         self.last_pending = 0  # requests already waiting when the last pass ended
+        self.pass_s = 0.0  # a running mean of engine pass times: with the queue, the ingress's wait estimate
         self.batches = self.batched = 0
         log.info("model ready: base %s, adapter %s, device %s", s.base_model, self.engine.adapter, self.engine.device)
 
@@ -56,17 +55,27 @@ class ChandlerModel:
                 "batches": self.batches, "batched_requests": self.batched, "pid": os.getpid()}
 
     async def generate(self, turns: list[dict[str, str]], sampling: dict[str, Any]) -> dict[str, Any]:
-        return await self.generate_batch((turns, sampling))
+        """`{text, prompt_tokens, completion_tokens, finish_reason, load}`; a prompt over the token
+        limit raises `PromptTooLong` here, before it joins a batch. A caller that gives up
+        (the ingress's timeout cancels the call) is left out of every pass not yet started."""
+        await asyncio.to_thread(self.engine.prompt_ids, turns)
+        answer = asyncio.get_running_loop().create_future()
+        try:
+            result = await self.generate_batch((turns, sampling, answer))
+        except asyncio.CancelledError:
+            answer.cancel()
+            raise
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, max_concurrent_batches=4)
-    async def generate_batch(self, requests: list[tuple[list[dict[str, str]], dict[str, Any]]]) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in requests]
-        self.pending.extend(zip(requests, futures))
+    async def generate_batch(self, requests: list[tuple[list[dict[str, str]], dict[str, Any], asyncio.Future]]) -> list:
+        self.pending.extend(((turns, sampling), answer) for turns, sampling, answer in requests)
         self.arrived.set()
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._run())
-        return list(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*(answer for _, _, answer in requests), return_exceptions=True))
 
     async def _run(self) -> None:
         """Engine passes, one at a time, over whatever is waiting."""
@@ -91,7 +100,9 @@ class ChandlerModel:
                 continue
             started = loop.time()
             await self._pass(batch)
-            self.last_pass, self.last_pending = (loop.time(), loop.time() - started, len(batch)), len(self.pending)
+            took = loop.time() - started
+            self.pass_s = took if not self.pass_s else 0.7 * self.pass_s + 0.3 * took
+            self.last_pass, self.last_pending = (loop.time(), took, len(batch)), len(self.pending)
 
     async def _pass(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
         from serve.engine import Sampling
@@ -102,16 +113,27 @@ class ChandlerModel:
         for i, ((_, sampling), _) in enumerate(batch):
             groups[tuple(sorted(sampling.items()))].append(i)
         for key, members in groups.items():
+            sampling = Sampling(**dict(key))
             try:
-                replies = await asyncio.to_thread(self.engine.generate, [batch[i][0][0] for i in members], Sampling(**dict(key)))
+                replies = await asyncio.to_thread(self._generate, [batch[i][0][0] for i in members], sampling)
             except Exception as error:
                 for i in members:
                     if not batch[i][1].done():
                         batch[i][1].set_exception(error)
                 continue
+            load = {"waiting": len(self.pending), "pass_s": self.pass_s, "batch": self.max_batch_size}
             for i, reply in zip(members, replies):
                 if not batch[i][1].done():
-                    batch[i][1].set_result(asdict(reply))
+                    batch[i][1].set_result({**reply, "load": load})
+
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling) -> list[dict[str, Any]]:
+        """The engine's replies as the API reports them: `completion_tokens` are the tokens of the
+        reply as sent (as for a stream); `finish_reason` is `length` when the engine hit the cap."""
+        return [
+            {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": self.engine.count_tokens(reply.text),
+             "finish_reason": "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop"}
+            for reply in self.engine.generate(conversations, sampling)
+        ]
 
     async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
         """`{"delta": text}` pieces, then `{"usage": {...}}`. The engine runs in a thread; a
@@ -148,5 +170,7 @@ class ChandlerModel:
                 yield {"delta": value}
         finally:
             stop.set()
-        prompt_tokens = await asyncio.to_thread(lambda: self.engine.count_tokens(self.engine.prompt(turns)))
-        yield {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": self.engine.count_tokens(text)}}
+        prompt_tokens = len(await asyncio.to_thread(self.engine.prompt_ids, turns))
+        completion_tokens = self.engine.count_tokens(text)
+        yield {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
+               "finish_reason": "length" if completion_tokens >= sampling["max_new_tokens"] else "stop"}

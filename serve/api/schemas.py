@@ -4,6 +4,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CHANNEL_ID = r"^[\w.:-]{1,100}$"
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,200}$"  # printable ASCII, e.g. a Discord message id
+MAX_SEED = 2**63 - 1
 
 
 class Strict(BaseModel):
@@ -18,8 +20,20 @@ class ChatUser(Strict):
 class ChatRequest(Strict):
     channel_id: str = Field(pattern=CHANNEL_ID)
     user: ChatUser
-    message: str
-    stream: bool = False  # an extension for the web page: server-sent events instead of JSON
+    message: str | None = None  # required unless `regenerate`
+    stream: bool = False  # server-sent events instead of JSON
+    regenerate: bool = False  # a new reply to the channel's last message, replacing the last reply
+
+
+class FeedbackUser(Strict):
+    id: str = Field(min_length=1, max_length=100)
+
+
+class FeedbackRequest(Strict):
+    channel_id: str = Field(pattern=CHANNEL_ID)
+    reply: str = Field(min_length=1, max_length=4000)
+    rating: Literal[1, -1]
+    user: FeedbackUser
 
 
 class TextPart(Strict):
@@ -45,6 +59,6 @@ class OpenAIRequest(Strict):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     n: int = Field(default=1, ge=1, le=1)
     stream: bool = False
