@@ -25,8 +25,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     negatives.add_argument("--character", default="Chandler Bing", help="the positive class, left out here")
     negatives.add_argument("--context-turns", type=int, default=4)
     negatives.add_argument("--seed", type=int, default=0, help="the seed given to `build`, for the same episode split")
+    feedback = commands.add_parser("feedback", help="ratings collected by the backend → (context, reply, rating) JSONL")
+    feedback.add_argument("--redis", required=True, help="the backend's Redis, e.g. redis://localhost:6379/0")
+    feedback.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     args = parser.parse_args(argv)
-    if args.context_turns < 1:
+    if getattr(args, "context_turns", 1) < 1:
         parser.error("--context-turns must be at least 1")
     return args
 
@@ -44,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
 
             stats = build_negatives(args.transcripts, args.movies, args.out, args.character, args.context_turns, args.seed)
             print(json.dumps({"lines": stats["lines"], "episodes": stats["episodes"]}))
+        elif args.command == "feedback":
+            from data.feedback import export
+
+            print(json.dumps({"rows": export(args.redis, args.out), "out": str(args.out)}))
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
