@@ -224,14 +224,20 @@ def test_cluster_settings_one_gpu_per_model_replica_4bit_and_replica_counts(rays
     assert int(worker_container(gpu_group)["resources"]["limits"]["nvidia.com/gpu"]) == model["ray_actor_options"]["num_gpus"]
 
 
-def test_backend_settings_load_from_the_serve_config_and_the_worker_env(rayservice, gpu_group):
+def test_backend_settings_load_from_the_serve_config_and_the_worker_env(rayservice, gpu_group, monkeypatch):
+    import os
+
     from serve.settings import load
 
     (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    for name in [n for n in os.environ if n.startswith("CHANDLER_") or n == "REDIS_URL"]:
+        monkeypatch.delenv(name)
     env = {e["name"]: e["value"] for e in worker_container(gpu_group)["env"] if "value" in e}
-    settings = load(app["args"], env)
-    assert settings.quantization == "4bit"
-    assert re.fullmatch(r"redis://redis(\.chandler\.svc\.cluster\.local)?:6379/\d+", settings.redis_url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = load(app["args"])  # as a worker's replicas will: the args, then the pod's environment
+    assert settings.redis_url == env["REDIS_URL"]
+    assert {name: getattr(settings, name) for name in app["args"]} == app["args"]
 
 
 def test_renderer_refuses_a_deployment_serve_config_does_not_have():
@@ -249,8 +255,6 @@ def test_gpus_only_on_the_worker_group(rayservice, gpu_group):
         assert "nvidia.com/gpu" not in container.get("resources", {}).get("limits", {})
         assert "nvidia.com/gpu" not in container.get("resources", {}).get("requests", {})
     assert head.get("rayStartParams", {}).get("num-gpus", "0") == "0"
-    assert gpu_group["maxReplicas"] >= gpu_group["minReplicas"] >= 1
-    assert int(worker_container(gpu_group)["resources"]["limits"]["nvidia.com/gpu"]) >= 1
 
 
 def test_services_are_cluster_ip_only(objects, rayservice):
@@ -274,18 +278,16 @@ def test_every_container_has_requests_and_limits(objects):
                 assert {"cpu", "memory"} <= resources.get(kind, {}).keys(), f"{where} {container['name']} {kind}"
 
 
-def test_backend_probes_use_the_app_health_routes_on_the_serve_port(gpu_group):
+def test_backend_probes_use_the_app_health_routes_on_the_serve_port(rayservice, gpu_group):
+    serve_config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    port = serve_config["http_options"]["port"]
     container = worker_container(gpu_group)
     probes = {name: container[name]["httpGet"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert probes["readinessProbe"] == {"path": "/readyz", "port": 8000}
-    assert probes["livenessProbe"] == probes["startupProbe"] == {"path": "/healthz", "port": 8000}
-    assert {"containerPort": 8000, "name": "serve"} in container["ports"]
-
-
-def test_workers_serve_http_so_their_probes_can_answer(rayservice):
-    # serve/config.yaml runs one proxy on the head; the cluster needs one per pod for the probes above.
-    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"])["proxy_location"] == "EveryNode"
-    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"])["http_options"]["port"] == 8000
+    assert probes["readinessProbe"] == {"path": "/readyz", "port": port}
+    assert probes["livenessProbe"] == probes["startupProbe"] == {"path": "/healthz", "port": port}
+    assert {"containerPort": port, "name": "serve"} in container["ports"]
+    # serve/config.yaml runs one proxy on the head; the cluster needs one per pod for these probes.
+    assert serve_config["proxy_location"] == "EveryNode"
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -344,9 +346,11 @@ def test_bot_config_map_is_a_valid_bot_configuration(objects, rayservice):
     assert config.api_url == f"http://{rayservice['metadata']['name']}-serve-svc:8000"
 
 
-def test_backend_api_key_comes_from_the_same_secret(gpu_group):
+def test_backend_secrets_come_from_the_secret(gpu_group):
     env = {e["name"]: e for e in worker_container(gpu_group)["env"]}
     assert env["CHANDLER_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": "CHANDLER_API_KEY"}
+    salt = env["CHANDLER_FEEDBACK_SALT"]["valueFrom"]["secretKeyRef"]
+    assert (salt["name"], salt["key"]) == (SECRET, "CHANDLER_FEEDBACK_SALT")
 
 
 def test_example_secret_holds_placeholders_and_is_not_applied(objects):

@@ -43,7 +43,6 @@ def test_training_writes_a_model_with_card_curves_and_metrics(style_model):
     # The fixture is separable: on held-out episodes and films the bi-encoder ranks Chandler first.
     assert bi["test"]["roc_auc_vs_movie"] == 1.0
     assert bi["test"]["same_message_win_vs_movie"] == 1.0
-    assert 0.0 <= metrics["results"]["cross-encoder"]["test"]["same_message_win_vs_friends"] <= 1.0
     assert bi["test"]["mean_p_chandler_chandler"] > bi["test"]["mean_p_chandler_movie"]
 
 
