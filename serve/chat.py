@@ -7,9 +7,12 @@ cannot be had offline) gives one `error: ...` line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from data.dialogue import CHARACTER
+from serve.character.policy import DEFAULT_MODE, MODES, ReplyPolicy, respond
+from serve.character.selector import SelectorError
 from serve.engine.loading import EMBEDDED, QUANTIZATIONS, ModelLoadError
 
 HELP = "/reset forgets the conversation, /quit (or Ctrl-D) leaves."
@@ -21,12 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Sampling()
     parser.add_argument("--base-model", default=EMBEDDED, help="'embedded' (SmolLM2-135M in the package), a Hugging Face id or a folder (default: %(default)s)")
     parser.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one, if trained) or 'none' (default: %(default)s)")
+    parser.add_argument("--engine", default=os.environ.get("CHANDLER_ENGINE", "auto"), choices=("auto", "torch", "ct2"),
+                        help="auto = ct2 on CPU when the base converts, torch on CUDA (default: CHANDLER_ENGINE or %(default)s)")
     parser.add_argument("--quantization", default="auto", choices=QUANTIZATIONS, help="4bit = bitsandbytes NF4; auto = 4bit on CUDA only (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="(default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="for reproducible replies")
     parser.add_argument("--best-of", type=int, default=defaults.best_of, help="sample N replies, show the most Chandler-like by the style classifier (default: %(default)s)")
+    parser.add_argument("--reply-mode", choices=MODES, default=os.environ.get("CHANDLER_REPLY_MODE", DEFAULT_MODE),
+                        help="generate, quote his real lines, or blend both by the selector (default: CHANDLER_REPLY_MODE or %(default)s)")
     parser.add_argument("--name", default="Joey", help="your name in the conversation (default: %(default)s)")
     parser.add_argument("--message", help="print one reply to TEXT and exit")
 
@@ -45,19 +52,26 @@ def run(args: argparse.Namespace) -> int:
     from serve.character.style import StyleModelError, StyleScorer
 
     try:
+        policy = ReplyPolicy(args.reply_mode)  # before the engine: a missing selector or index fails at once
         engine = _load(args)
         if args.best_of > 1:
             engine.scorer = StyleScorer()  # loaded now, so that a missing classifier fails at start
-    except (ModelLoadError, StyleModelError) as error:
+    except (ModelLoadError, StyleModelError, SelectorError) as error:
         return _fail(str(error))
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, best_of=args.best_of)
     if args.message is not None:
-        print(engine.generate([[{"speaker": args.name, "text": args.message.strip()}]], sampling)[0].text)
+        reply, source = respond(engine, policy, [[{"speaker": args.name, "text": args.message.strip()}]], sampling)[0]
+        print(reply.text + quote_tag(source))
         return 0
-    return chat_loop(engine, sampling, args.name)
+    return chat_loop(engine, sampling, args.name, policy)
 
 
-def chat_loop(engine, sampling, name: str) -> int:
+def quote_tag(source: dict) -> str:
+    """`  [S3E5]` after a real line of the show, nothing after a generated one."""
+    return f"  [S{source['season']}E{source['episode']}]" if source["kind"] == "quote" else ""
+
+
+def chat_loop(engine, sampling, name: str, policy: ReplyPolicy) -> int:
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
@@ -86,9 +100,14 @@ def chat_loop(engine, sampling, name: str) -> int:
         print(f"{CHARACTER}> ", end="", flush=True)
         pieces = []
         try:
-            for piece in engine.stream(turns, sampling):
-                pieces.append(piece)
-                print(piece, end="", flush=True)
+            if policy.mode == "generate":
+                for piece in engine.stream(turns, sampling):
+                    pieces.append(piece)
+                    print(piece, end="", flush=True)
+            else:  # the policy needs whole candidates: the reply comes in one piece
+                reply, source = respond(engine, policy, [turns], sampling)[0]
+                pieces.append(reply.text)
+                print(reply.text + quote_tag(source), end="", flush=True)
         except KeyboardInterrupt:
             pass
         print()
@@ -105,11 +124,11 @@ def _load(args: argparse.Namespace):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from transformers.utils import logging as hf_logging
 
-    from serve.engine import Engine
+    from serve.engine import load_engine
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    return Engine(base_model=args.base_model, adapter=args.adapter, quantization=args.quantization, device=args.device)
+    return load_engine(args.engine, args.base_model, args.adapter, args.quantization, args.device)
 
 
 def _fail(message: str) -> int:

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from serve.character.selector import SelectorError
 from serve.character.style import DEFAULT_STYLE_MODEL, StyleModelError
 from serve.engine.loading import EMBEDDED, ModelLoadError
 from train.examples import TrainDataError
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     selector.add_argument("--max-seq-length", type=int, default=96)
     selector.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     selector.add_argument("--seed", type=int, default=0)
+    lines = commands.add_parser("lines", help="index Chandler's lines with the selector (models/chandler-lines)")
+    lines.add_argument("--data", type=Path, required=True, help="folder written by `python -m data build`")
+    lines.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
+    lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
     return parser.parse_args(argv)
 
 
@@ -112,14 +118,21 @@ def run_selector(args: argparse.Namespace) -> None:
     print(train_selector(config, resume=args.resume))
 
 
+def run_lines(args: argparse.Namespace) -> None:
+    from train.lines import build_lines
+
+    print(build_lines(args.data, args.selector, args.out, tuple(args.splits)))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from train.sft import OutputInUse
 
     try:
-        {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector}[args.command](args)
-    except (ModelLoadError, StyleModelError, TrainDataError, OutputInUse) as error:
+        {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
+         "lines": run_lines}[args.command](args)
+    except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,102 @@
+"""The reply policy: `generate | quote | blend` (default blend).
+
+- generate: the engine's reply, as before (`best_of` included).
+- quote: the selector's best real line among the index's top-k for the conversation.
+- blend: candidates are `generations` sampled replies plus the top-k real lines; the selector
+  scores all of them against the conversation. The best real line is sent when its score reaches
+  the selector's threshold (calibrated on validation episodes, `models/chandler-selector`);
+  otherwise the best-scoring generation.
+
+A line already said in the channel's recent context (by anyone) is never sent again. The source of
+each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from data.dialogue import Turn
+from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized
+from serve.character.selector import DEFAULT_SELECTOR, Selector, SelectorError, selector_id
+
+MODES = ("generate", "quote", "blend")
+DEFAULT_MODE = "blend"
+TOP_K = 8  # real lines retrieved per conversation
+BLEND_GENERATIONS = 4  # sampled replies per conversation in blend (more if best_of asks for more)
+GENERATED = {"kind": "generated"}
+
+
+@dataclass
+class Choice:
+    text: str
+    source: dict = field(default_factory=lambda: dict(GENERATED))
+    score: float | None = None
+
+
+def quote(line: Line) -> Choice:
+    return Choice(line.text, {"kind": "quote", "season": line.season, "episode": line.episode}, line.score)
+
+
+def check_files(mode: str, selector: Path | str = DEFAULT_SELECTOR, lines: Path | str = DEFAULT_LINES) -> None:
+    """Before anything starts: the selector and its index are there under quote and blend, and the
+    index was built by this selector (`SelectorError` with one line otherwise). Loads no weights."""
+    if mode not in MODES:
+        raise SelectorError(f"reply mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode != "generate":
+        index_selector(Path(lines), selector_id(Path(selector)))
+
+
+class ReplyPolicy:
+    """Chooses each reply among generations and real lines; needs the selector and the index
+    except under `generate` (a missing one raises `SelectorError` with one line for the user)."""
+
+    def __init__(self, mode: str = DEFAULT_MODE, selector: Path | str = DEFAULT_SELECTOR,
+                 lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K) -> None:
+        check_files(mode, selector, lines)
+        self.mode, self.top_k = mode, top_k
+        self.selector = self.index = None
+        if mode != "generate":
+            self.selector = Selector(selector)
+            self.index = LineIndex(lines, self.selector)
+
+    def generations(self, sampling) -> int:
+        """Sampled replies the engine makes per conversation under this mode (quote: none)."""
+        if self.mode == "quote":
+            return 0
+        return max(sampling.best_of, BLEND_GENERATIONS) if sampling.temperature > 0 else 1
+
+    def choose(self, turns: Sequence[Turn], generated: Sequence[str]) -> Choice:
+        """The reply for `turns` (the conversation including the new message) among `generated`."""
+        said = {normalized(turn["text"]) for turn in turns}
+        fresh = [text for text in generated if text.strip() and normalized(text) not in said]
+        if self.mode == "generate":
+            return Choice(fresh[0] if fresh else (generated[0] if generated else ""))
+        lines = self.index.top(turns, self.top_k, exclude=said)
+        if self.mode == "quote" or not fresh:
+            return quote(lines[0]) if lines else Choice(generated[0] if generated else "")
+        scores = self.selector.scores(turns, fresh)
+        best = int(np.argmax(scores))
+        if lines and lines[0].score >= self.selector.threshold:
+            return quote(lines[0])
+        return Choice(fresh[best], dict(GENERATED), float(scores[best]))
+
+
+def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling) -> list[tuple]:
+    """(Reply, source) for each conversation: the engine's candidates generated as one batch, then
+    the policy's choice. Under `generate` the engine alone answers (its own best_of included)."""
+    from serve.engine import Reply
+
+    if policy.mode == "generate":
+        return [(reply, dict(GENERATED)) for reply in engine.generate(conversations, sampling)]
+    n = policy.generations(sampling)
+    flat = engine.generate([turns for turns in conversations for _ in range(n)], replace(sampling, best_of=1)) if n else []
+    answers = []
+    for i, turns in enumerate(conversations):
+        group = flat[i * n : (i + 1) * n]
+        choice = policy.choose(turns, [reply.text for reply in group])
+        prompt_tokens = group[0].prompt_tokens if group else len(engine.prompt_ids(turns))
+        answers.append((Reply(choice.text, prompt_tokens, engine.count_tokens(choice.text)), choice.source))
+    return answers

@@ -1,0 +1,173 @@
+"""The selector, the line index and the reply policy, on a quickly built selector (the untuned
+encoder saved as one) and a handful of invented lines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from serve.character.lines import LineIndex, write_index
+from serve.character.policy import ReplyPolicy, check_files, respond
+from serve.character.selector import SETTINGS, Selector, SelectorError, context_text
+from train.blind import score
+from train.ranking import distractor_draws, recall_at_1
+
+LINES = [
+    ("Oh, the gym. I pay them every month so my membership card stays warm.", "Have you been to the gym lately?", 1, 2),
+    ("Thanksgiving at my house meant pie, tears and a divorce lawyer.", "What were your family holidays like?", 2, 3),
+    ("I'm in data processing, and no, I don't know what that means either.", "What do you do for work?", 3, 5),
+    ("A dog? I can barely keep a cactus alive.", "We should get a puppy.", 4, 1),
+    ("Yeah.", "Is your job boring?", 4, 2),
+]
+JOB = [{"speaker": "Alex", "text": "So what is your job exactly?"}]
+
+
+def make_selector(folder, nudge: float = 0.0, threshold: float = 0.5):
+    """The untuned encoder saved as a selector (`nudge` changes its weights: another selector)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from serve.character.style import encoder_path
+    from train.selector import SelectorConfig, save_fp16
+
+    model = SentenceTransformer(str(encoder_path()), local_files_only=True, device="cpu")
+    if nudge:
+        with torch.no_grad():
+            next(model.parameters()).add_(nudge)
+    save_fp16(model, folder, SelectorConfig(data="fixture", out=str(folder), epochs=0), [], 0.0)
+    set_settings(folder, message_weight=1.0, threshold=threshold)
+    return folder
+
+
+def set_settings(folder, **values) -> None:
+    settings = json.loads((folder / SETTINGS).read_text())
+    (folder / SETTINGS).write_text(json.dumps({**settings, **values}))
+
+
+@pytest.fixture(scope="module")
+def selector_folder(tmp_path_factory):
+    return make_selector(tmp_path_factory.mktemp("selector"))
+
+
+@pytest.fixture(scope="module")
+def lines_folder(selector_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lines")
+    records = [{"reply": reply, "context": [{"speaker": "Ross", "text": message}], "season": season, "episode": episode}
+               for reply, message, season, episode in LINES]
+    write_index(records, Selector(selector_folder), out)
+    return out
+
+
+def policy(mode, selector_folder, lines_folder, threshold):
+    set_settings(selector_folder, threshold=threshold)
+    return ReplyPolicy(mode, selector_folder, lines_folder)
+
+
+def test_context_text_puts_the_newest_turn_first():
+    turns = [{"speaker": name, "text": str(i)} for i, name in enumerate(["Ross", "Monica", "Joey", "Rachel", "Phoebe"])]
+    assert context_text(turns) == "Phoebe: 4 | Rachel: 3 | Joey: 2 | Monica: 1"
+
+
+def test_retrieval_finds_the_line_that_answers_and_skips_short_ones(selector_folder, lines_folder):
+    index = LineIndex(lines_folder, Selector(selector_folder))
+    top = index.top(JOB, k=10)
+    assert top[0].text.startswith("I'm in data processing")
+    assert (top[0].season, top[0].episode) == (3, 5)
+    assert "Yeah." not in [line.text for line in top]  # under 3 words: never quoted
+    assert [line.score for line in top] == sorted((line.score for line in top), reverse=True)
+    gym = index.top([{"speaker": "Alex", "text": "I finally went back to the gym today."}], k=1)[0]
+    assert "gym" in gym.text
+
+
+def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):
+    generated = ["Banana pancakes are purple on Tuesdays.", "My job? I crunch numbers until they cry."]
+    low = policy("blend", selector_folder, lines_folder, threshold=-5.0).choose(JOB, generated)
+    assert low.source == {"kind": "quote", "season": 3, "episode": 5}
+    assert low.text.startswith("I'm in data processing")
+    high = policy("blend", selector_folder, lines_folder, threshold=5.0).choose(JOB, generated)
+    assert high.source == {"kind": "generated"}
+    assert high.text == generated[1]  # the generation the selector scores higher
+
+
+def test_no_line_already_in_the_conversation_is_sent_again(selector_folder, lines_folder):
+    said = LINES[2][0]
+    turns = [*JOB, {"speaker": "Chandler", "text": said}, {"speaker": "Alex", "text": "No really, what is your job?"}]
+    chosen = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose(turns, [])
+    assert chosen.text != said and chosen.source["kind"] == "quote"
+    blend = policy("blend", selector_folder, lines_folder, threshold=5.0)
+    assert blend.choose(turns, ["  " + said.upper(), "Accounting, sort of."]).text == "Accounting, sort of."
+
+
+def test_respond_reports_sources_and_generate_mode_uses_the_engine_alone(selector_folder, lines_folder):
+    class Engine:  # the policy's side of the engine interface, counted
+        calls: list = []
+
+        def generate(self, conversations, sampling):
+            from serve.engine import Reply
+
+            self.calls.append((len(conversations), sampling.best_of))
+            return [Reply("Could I BE any more employed?", 7, 9) for _ in conversations]
+
+        def count_tokens(self, text):
+            return len(text.split())
+
+        def prompt_ids(self, turns):
+            return [0] * 7
+
+    from serve.engine import Sampling
+
+    engine = Engine()
+    blend = policy("blend", selector_folder, lines_folder, threshold=-5.0)
+    (reply, source), = respond(engine, blend, [JOB], Sampling(best_of=2))
+    assert source == {"kind": "quote", "season": 3, "episode": 5} and reply.prompt_tokens == 7
+    assert engine.calls[-1] == (4, 1)  # BLEND_GENERATIONS candidates, each returned (best_of 1 per row)
+    (reply, source), = respond(engine, ReplyPolicy("generate"), [JOB], Sampling())
+    assert source == {"kind": "generated"} and reply.text == "Could I BE any more employed?"
+
+
+def test_missing_selector_or_index_is_one_clear_error(tmp_path, selector_folder):
+    ReplyPolicy("generate", tmp_path / "none", tmp_path / "none")  # generate needs neither
+    for mode in ("quote", "blend"):
+        with pytest.raises(SelectorError, match="no selector here"):
+            check_files(mode, tmp_path / "none", tmp_path / "none")
+        with pytest.raises(SelectorError, match="no line index here"):
+            ReplyPolicy(mode, selector_folder, tmp_path / "none")
+    run = subprocess.run([sys.executable, "-m", "train", "lines", "--data", str(tmp_path), "--selector",
+                          str(tmp_path / "none"), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "no selector here" in run.stderr
+
+
+def test_an_index_built_with_another_selector_is_refused(tmp_path, selector_folder, lines_folder):
+    other = make_selector(tmp_path / "other", nudge=0.01)
+    assert Selector(other).id != Selector(selector_folder).id
+    with pytest.raises(SelectorError, match="another selector"):
+        LineIndex(lines_folder, Selector(other))
+    with pytest.raises(SelectorError, match="another selector"):
+        check_files("blend", other, lines_folder)
+
+
+def test_recall_draws_never_hold_the_true_text_and_score_rankings():
+    replies = ["a", "b", "a", "c", "d", "e", "f", "g", "h", "i", "j", "k"]
+    draws = distractor_draws(replies, sizes=(3, 10))
+    assert all(replies[j] != replies[i] for i, row in enumerate(draws[10]) for j in row)
+    assert recall_at_1(np.eye(len(replies)), draws) == {"R3@1": 1.0, "R10@1": 1.0}
+    assert recall_at_1(-np.eye(len(replies)), draws) == {"R3@1": 0.0, "R10@1": 0.0}
+
+
+def test_blind_scores_count_wins_losses_and_ties(tmp_path):
+    key = {"p0": {"rival": "generate", "kind": "everyday", "blend": "A"},
+           "p1": {"rival": "generate", "kind": "everyday", "blend": "B"},
+           "p2": {"rival": "real line", "kind": "held-out", "blend": "B"}}
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    judgments = [{"id": "p0", "choice": "A"}, {"id": "p1", "choice": "A"}, {"id": "p2", "choice": "tie"},
+                 {"id": "p0", "choice": "A"}]
+    (tmp_path / "judgments.jsonl").write_text("\n".join(json.dumps(j) for j in judgments))
+    results = score(tmp_path)
+    assert results["blend vs generate (everyday)"] == {"win": 2, "loss": 1, "tie": 0, "judged": 3, "win_rate": 0.667,
+                                                       "win_rate_ties_half": 0.667}
+    assert results["blend vs real line (all)"]["tie"] == 1 and results["blend vs real line (all)"]["win_rate"] == 0.0
+    assert "| blend vs generate (everyday) | 2 | 1 | 0 |" in (tmp_path / "results.md").read_text()

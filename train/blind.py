@@ -1,0 +1,186 @@
+"""`python -m train blind`: replies for a blind comparison, and its scores.
+
+`make`: 100 held-out test conversations (test episodes; the line index used here is built without
+them, so Chandler's true line cannot be retrieved) and 30 everyday messages that are not from the
+show. For each, the replies of: blend (the shipped reply policy), generate (one sampled generation,
+as `reply_mode=generate` sends), naive quote (the Chandler line of 3+ words whose untuned
+MiniLM embedding is closest to the last message) and, held-out only, Chandler's real line. The pairs
+blend–generate, blend–naive, blend–real go to `pairs.jsonl` (fields id, context, A, B) with the
+sides shuffled and no sources; which side is which goes to `key.json`.
+
+`score`: reads `judgments.jsonl` (`{"id", "choice": "A" | "B" | "tie"}`) and writes the win rates
+of blend against each rival, with counts, to `results.json` and `results.md`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from data.dialogue import CHARACTER, Turn
+from serve.character.lines import Line, LineIndex, normalized
+from serve.character.policy import BLEND_GENERATIONS, ReplyPolicy
+from serve.character.selector import last_message
+from serve.character.style import embed
+from train.examples import TrainDataError, read_split
+
+log = logging.getLogger(__name__)
+HELD_OUT = 100
+SENDER = "Alex"  # who says the everyday messages
+EVERYDAY = [
+    "I went to the gym for the first time in a year.",
+    "Tell me about your childhood Thanksgivings.",
+    "My boss wants me to work this weekend again.",
+    "I think I'm going to ask her out tonight.",
+    "Do you want to get coffee later?",
+    "I just got dumped.",
+    "What do you actually do for a living?",
+    "My parents are visiting next week and I'm terrified.",
+    "I got the job!",
+    "Can you help me move this Saturday?",
+    "I'm thinking of getting a dog.",
+    "Why are you always making jokes?",
+    "I burned dinner again.",
+    "Do you believe in love at first sight?",
+    "My flight got cancelled.",
+    "What's the worst date you've ever been on?",
+    "I'm so bored at work today.",
+    "Are you ever serious about anything?",
+    "I ran into my ex at the supermarket.",
+    "Should I dye my hair blue?",
+    "We're getting married!",
+    "I can't sleep, it's 3 am.",
+    "My roommate ate my leftovers again.",
+    "How do I look in this outfit?",
+    "I think I'm getting sick.",
+    "Tell me a secret.",
+    "I'm quitting my job to become a musician.",
+    "Do you like kids?",
+    "The new neighbours are really loud.",
+    "What are you doing this weekend?",
+]
+
+
+def blind_conversations(data: Path, seed: int = 0) -> list[dict]:
+    """The held-out conversations (someone else speaks last) and the everyday ones, in a fixed order."""
+    test = [record for record in read_split(data, "test") if record["context"][-1]["speaker"] != CHARACTER]
+    held_out = random.Random(seed).sample(test, HELD_OUT)
+    conversations = [{"kind": "held-out", "turns": r["context"], "real": r["reply"],
+                      "season": r["season"], "episode": r["episode"]} for r in held_out]
+    conversations += [{"kind": "everyday", "turns": [{"speaker": SENDER, "text": text}]} for text in EVERYDAY]
+    return conversations
+
+
+def generations(conversations: list[dict], n: int, max_new_tokens: int, cache: Path, seed: int = 0) -> list[list[str]]:
+    """n sampled generations per conversation from the shipped engine (cached: they take a while on CPU)."""
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached["n"] == n and len(cached["replies"]) == len(conversations):
+            return cached["replies"]
+    from serve.engine import Engine, Sampling
+
+    engine = Engine(device="cpu")
+    sampling = replace(Sampling(), max_new_tokens=max_new_tokens, seed=seed)
+    replies: list[list[str]] = []
+    for start in range(0, len(conversations), 4):
+        batch = [c["turns"] for c in conversations[start : start + 4]]
+        flat = engine.generate([turns for turns in batch for _ in range(n)], sampling)
+        replies += [[reply.text for reply in flat[i * n : (i + 1) * n]] for i in range(len(batch))]
+        log.info("generated for %d of %d conversations", len(replies), len(conversations))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"n": n, "replies": replies}, indent=1) + "\n")
+    return replies
+
+
+def context_lines(turns: list[Turn]) -> list[str]:
+    return [f"{turn['speaker']}: {turn['text']}" for turn in turns]
+
+
+def naive_quote(index: LineIndex, turns: list[Turn]) -> Line:
+    """The baseline: the line of 3+ words closest to the last message by untuned MiniLM cosine."""
+    said = {normalized(turn["text"]) for turn in turns}
+    scores = index.message_vectors @ embed([last_message(turns)])[0]
+    best = next(i for i in np.argsort(-scores) if index.quotable[i] and index.keys[i] not in said)
+    return index.lines[best]
+
+
+def check_held_out(index: LineIndex, conversations: list[dict]) -> None:
+    indexed = {(line.season, line.episode) for line in index.lines}
+    leaked = {(c["season"], c["episode"]) for c in conversations if c["kind"] == "held-out"} & indexed
+    if leaked:
+        raise TrainDataError(f"{index.folder}: the index holds held-out episodes {sorted(leaked)[:3]}...; "
+                             "build it with `python -m train lines --splits train validation`")
+
+
+def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEND_GENERATIONS,
+               max_new_tokens: int = 40, seed: int = 0) -> dict:
+    conversations = blind_conversations(data, seed)
+    generated = generations(conversations, n, max_new_tokens, out / "generations.json", seed)
+    policy = ReplyPolicy("blend", selector, lines)
+    check_held_out(policy.index, conversations)
+    rng = random.Random(seed)
+    pairs, key, examples, choose_s = [], {}, [], []
+    for number, (conversation, candidates) in enumerate(zip(conversations, generated)):
+        turns = conversation["turns"]
+        started = time.perf_counter()
+        blend = policy.choose(turns, candidates)
+        choose_s.append(time.perf_counter() - started)
+        naive = naive_quote(policy.index, turns)
+        rivals = {"generate": candidates[0], "naive quote": naive.text}
+        if conversation["kind"] == "held-out":
+            rivals["real line"] = conversation["real"]
+        examples.append({"kind": conversation["kind"], "context": context_lines(turns), "blend": blend.text,
+                         "blend_source": blend.source, **rivals})
+        for rival, text in rivals.items():
+            blend_first = rng.random() < 0.5
+            pairs.append({"context": context_lines(turns), "A": blend.text if blend_first else text,
+                          "B": text if blend_first else blend.text,
+                          "key": {"conversation": number, "kind": conversation["kind"], "rival": rival,
+                                  "blend": "A" if blend_first else "B", "blend_source": blend.source["kind"],
+                                  "identical": normalized(blend.text) == normalized(text)}})
+    rng.shuffle(pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "pairs.jsonl", "w", encoding="utf-8") as file:
+        for number, pair in enumerate(pairs):
+            pair_id = f"p{number:03d}"
+            key[pair_id] = pair.pop("key")
+            file.write(json.dumps({"id": pair_id, **pair}, ensure_ascii=False) + "\n")
+    (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
+    (out / "examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False) + "\n")
+    quotes = sum(e["blend_source"]["kind"] == "quote" for e in examples)
+    summary = {"pairs": len(pairs), "conversations": len(conversations), "blend_quotes": quotes,
+               "blend_generated": len(examples) - quotes, "policy_choose_ms_median": round(1000 * float(np.median(choose_s)), 1),
+               "generations_per_conversation": n}
+    (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def score(out: Path) -> dict:
+    """Win rates of blend against each rival from `judgments.jsonl` (several judges may judge one id)."""
+    key = json.loads((out / "key.json").read_text())
+    tallies: dict[str, dict[str, int]] = {}
+    with open(out / "judgments.jsonl", encoding="utf-8") as file:
+        judgments = [json.loads(line) for line in file if line.strip()]
+    for judgment in judgments:
+        entry = key.get(judgment.get("id"))
+        if entry is None or judgment.get("choice") not in ("A", "B", "tie"):
+            raise TrainDataError(f"{out / 'judgments.jsonl'}: bad judgment {judgment}")
+        group = f"blend vs {entry['rival']} ({entry['kind']})"
+        outcome = "tie" if judgment["choice"] == "tie" else "win" if judgment["choice"] == entry["blend"] else "loss"
+        for name in (group, f"blend vs {entry['rival']} (all)"):
+            tally = tallies.setdefault(name, {"win": 0, "loss": 0, "tie": 0})
+            tally[outcome] += 1
+    results = {name: {**t, "judged": sum(t.values()), "win_rate": round(t["win"] / sum(t.values()), 3),
+                      "win_rate_ties_half": round((t["win"] + 0.5 * t["tie"]) / sum(t.values()), 3)}
+               for name, t in sorted(tallies.items())}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    rows = "\n".join(f"| {name} | {r['win']} | {r['loss']} | {r['tie']} | {r['win_rate']:.2f} | {r['win_rate_ties_half']:.2f} |"
+                     for name, r in results.items())
+    (out / "results.md").write_text("| comparison | blend wins | loses | ties | win rate | win rate (ties ½) |\n"
+                                    "| --- | --- | --- | --- | --- | --- |\n" + rows + "\n")
+    return results
