@@ -39,6 +39,15 @@ function addTurn(role, who, text) {
   return div;
 }
 
+// A real line of the show: a small "S3E5" tag after it.
+function addQuoteTag(bubble, source) {
+  const tag = document.createElement("span");
+  tag.className = "quote-tag";
+  tag.textContent = "S" + source.season + "E" + source.episode;
+  tag.title = "Chandler's own line, season " + source.season + ", episode " + source.episode;
+  bubble.append(tag);
+}
+
 async function errorText(response) {
   try {
     const body = await response.json();
@@ -94,6 +103,7 @@ form.addEventListener("submit", async (event) => {
     for await (const item of events(response)) {
       if (item.delta) text.textContent += item.delta;
       if (item.reply !== undefined) text.textContent = item.reply;
+      if (item.source && item.source.kind === "quote") addQuoteTag(bubble, item.source);
       if (item.error) throw new Error(item.error.message);
       log.scrollTop = log.scrollHeight;
     }
