@@ -57,6 +57,7 @@ class Ct2Engine(EngineBase):
         self.folder = converted_folder(base_model, self.adapter)
         self.tokenizer = load_tokenizer(base_model)
         self._options = {"device": device, "compute_type": compute_type, "intra_threads": threads}
+        self.inter_threads = inter_threads
         self.generator = ctranslate2.Generator(str(self.folder), inter_threads=inter_threads, **self._options)
         self.stop_ids = stop_token_ids(self.tokenizer, _configured_eos(base_model))
         self._seed_lock = threading.Lock()
@@ -89,21 +90,27 @@ class Ct2Engine(EngineBase):
                 ctranslate2.set_random_seed(_UNSEEDED)
 
     def _generate(self, conversations: Sequence[Sequence[Turn]], sampling: Sampling) -> list[Reply]:
+        """One batch per generator worker (`inter_threads`), run at once, each row stopped at its turn's end."""
         if not conversations:
             return []
         prompts = [self.prompt_ids(turns) for turns in conversations]
+        size = -(-len(prompts) // self.inter_threads)
+        with self._generator(sampling) as generator:
+            pending = [self._submit(generator, prompts[i : i + size], sampling) for i in range(0, len(prompts), size)]
+            results = [result.result() for chunk in pending for result in chunk]
+        return [self._reply(len(ids), result.sequences_ids[0], sampling.max_new_tokens) for ids, result in zip(prompts, results)]
+
+    def _submit(self, generator, prompts: list[list[int]], sampling: Sampling) -> list:
         rows: list[list[int]] = [[] for _ in prompts]
 
         def turn_ended(step) -> bool:  # stop a row once its text leaves the character's turn
             rows[step.batch_id].append(step.token_id)
             return turn_end(self.tokenizer.decode(rows[step.batch_id])) is not None
 
-        with self._generator(sampling) as generator:
-            results = generator.generate_batch(
-                [self.tokenizer.convert_ids_to_tokens(ids) for ids in prompts],
-                include_prompt_in_result=False, return_end_token=True, callback=turn_ended, **self._decoding(sampling),
-            )
-        return [self._reply(len(ids), result.sequences_ids[0], sampling.max_new_tokens) for ids, result in zip(prompts, results)]
+        return generator.generate_batch(
+            [self.tokenizer.convert_ids_to_tokens(ids) for ids in prompts], asynchronous=True,
+            include_prompt_in_result=False, return_end_token=True, callback=turn_ended, **self._decoding(sampling),
+        )
 
     def _raw_stream(self, prompt: list[int], sampling: Sampling) -> Iterator[str]:
         """Raw text as tokens arrive, held back while a character is still incomplete; closing
