@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
     lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
     lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
+    blind = commands.add_parser("blind", help="blind comparison: `make` the pairs for judges, `score` their judgments")
+    blind.add_argument("step", choices=["make", "score"])
+    blind.add_argument("--data", type=Path, default=Path("build/chandler"))
+    blind.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    blind.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
+                       help="an index without the test episodes (`python -m train lines --splits train validation`)")
+    blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     return parser.parse_args(argv)
 
 
@@ -124,6 +131,12 @@ def run_lines(args: argparse.Namespace) -> None:
     print(build_lines(args.data, args.selector, args.out, tuple(args.splits)))
 
 
+def run_blind(args: argparse.Namespace) -> None:
+    from train.blind import make_pairs, score
+
+    print(make_pairs(args.data, args.selector, args.lines, args.out) if args.step == "make" else score(args.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -131,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
-         "lines": run_lines}[args.command](args)
+         "lines": run_lines, "blind": run_blind}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
