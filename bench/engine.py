@@ -1,13 +1,16 @@
-"""Engine benchmark: load times and generation throughput on the embedded model.
+"""Engine benchmark, side by side in one run: the torch engine against the ct2 engine (int8, float32)
+on the embedded model with the shipped adapter.
 
-    python bench/engine.py                 # prints a markdown table, writes bench/results/engine.json
+    python bench/engine.py                 # prints markdown tables, writes bench/results/engine.json
 
-Load: the first start (GGUF de-quantized and cached as safetensors, in a throw-away cache folder)
-against a start from the cache. Generation: tokens per second for 1, 4 and 16 conversations in
-one batched `Engine.generate` call, fp32 and 4-bit (bitsandbytes NF4; fp32 compute on CPU),
-32 new tokens each, sampled with a fixed seed. Tokens counted are the tokens each reply really
-got (a reply may end before 32). A benchmark, not a test: numbers depend on the machine and on
-what else it is running.
+Each engine runs in its own process, one after the other: start time (from the cache; and the first
+start, which de-quantizes the GGUF and, for ct2, merges and converts, in a throw-away cache folder),
+model memory (the process's resident memory after the engine loaded, less before), then tokens per
+second for 1, 4 and 16 conversations in one `generate` call, 32 new tokens at most, sampled with
+the serving defaults (no seed: a seed costs the ct2 engine a fresh generator). Tokens counted are
+the tokens each reply really got (a reply may end earlier). The fastest of `--repeats` runs counts.
+`ct2 int8 2x1` is the ct2 engine with two generator workers of one thread each, splitting a batch
+in two. A benchmark, not a test: numbers depend on the machine and on what else it is running.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,10 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from serve.engine import Engine, Sampling  # noqa: E402
 
 OPENERS = [
     ("Joey", "How you doin'?"), ("Monica", "Who ate the last cookie?"), ("Ross", "We were on a break!"),
@@ -35,106 +35,117 @@ OPENERS = [
     ("Monica", "Why is the apartment such a mess?"), ("Ross", "I'm getting divorced. Again."), ("Rachel", "Is this the right coffee order?"),
     ("Phoebe", "Do you believe in ghosts?"), ("Joey", "What's your job again, exactly?"),
 ]
+# name -> (engine, quantization, ct2 threads per worker (0: --threads), ct2 workers)
+ENGINES = {
+    "torch": ("torch", "none", 0, 1),
+    "ct2 int8": ("ct2", "auto", 0, 1),
+    "ct2 float32": ("ct2", "none", 0, 1),
+    "ct2 int8 2x1": ("ct2", "auto", 1, 2),
+}
 
 
 def conversations(count: int) -> list[list[dict[str, str]]]:
     return [[{"speaker": name, "text": text}] for name, text in (OPENERS * (count // len(OPENERS) + 1))[:count]]
 
 
-def timed(make):
-    start = time.perf_counter()
-    result = make()
-    return result, time.perf_counter() - start
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
-def load_times() -> dict:
-    """First start (de-quantize + cache) against a start from the cache, in a fresh cache folder."""
-    saved = os.environ.get("CHANDLER_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="chandler-cache-") as folder:
-        os.environ["CHANDLER_CACHE_DIR"] = folder
-        try:
-            _, first = timed(lambda: Engine(adapter=None, quantization="none", device="cpu"))
-            _, cached = timed(lambda: Engine(adapter=None, quantization="none", device="cpu"))
-        finally:
+def load(name: str, threads: int):
+    import torch
+
+    from serve.engine import load_engine
+
+    kind, quantization, per_worker, workers = ENGINES[name]
+    torch.set_num_threads(threads)
+    if kind == "torch":
+        return load_engine("torch", quantization=quantization, device="cpu")
+    from serve.engine.ct2_engine import Ct2Engine
+
+    return Ct2Engine(compute_type="int8" if quantization == "auto" else "float32", threads=per_worker or threads, inter_threads=workers)
+
+
+def measure_one(name: str, sizes: list[int], new_tokens: int, threads: int, repeats: int, first: bool) -> dict:
+    """In this process: start time(s), memory and throughput of one engine."""
+    from serve.engine import Sampling
+
+    result: dict = {"engine": name}
+    if first:
+        with tempfile.TemporaryDirectory(prefix="chandler-cache-") as folder:
+            saved = os.environ.get("CHANDLER_CACHE_DIR")
+            os.environ["CHANDLER_CACHE_DIR"] = folder
+            started = time.perf_counter()
+            load(name, threads)
+            result["first_start_s"] = round(time.perf_counter() - started, 1)
             os.environ.pop("CHANDLER_CACHE_DIR") if saved is None else os.environ.update(CHANDLER_CACHE_DIR=saved)
-    return {"first_load_s": round(first, 1), "cached_load_s": round(cached, 1)}
-
-
-def throughput(quantization: str, sizes: list[int], new_tokens: int) -> list[dict]:
-    engine = Engine(adapter=None, quantization=quantization, device="cpu")
-    memory_mb = engine.model.get_memory_footprint() / 2**20
-    engine.generate(conversations(2), Sampling(max_new_tokens=4, seed=0))  # warm-up
-    rows = []
+    before, started = rss_mb(), time.perf_counter()
+    engine = load(name, threads)
+    result["start_s"] = round(time.perf_counter() - started, 2)
+    result["memory_mb"] = round(rss_mb() - before)
+    engine.generate(conversations(2), Sampling(max_new_tokens=4))  # warm-up
+    result["generation"] = []
     for size in sizes:
-        replies, seconds = timed(lambda: engine.generate(conversations(size), Sampling(max_new_tokens=new_tokens, seed=0)))
-        tokens = sum(reply.completion_tokens for reply in replies)
-        rows.append({
-            "quantization": "fp32" if quantization == "none" else "4-bit NF4",
-            "conversations": size,
-            "new_tokens": tokens,
-            "seconds": round(seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1),
-            "memory_mb": round(memory_mb),
-        })
-        print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    return rows
+        best = None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            replies = engine.generate(conversations(size), Sampling(max_new_tokens=new_tokens))
+            seconds = time.perf_counter() - started
+            tokens = sum(reply.completion_tokens for reply in replies)
+            if best is None or tokens / seconds > best["tokens_per_s"]:
+                best = {"conversations": size, "new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
+        result["generation"].append(best)
+        print(f"  {name}: {best}", file=sys.stderr, flush=True)
+    return result
 
 
 def table(results: dict) -> str:
-    lines = [
-        "| weights | conversations at once | new tokens | seconds | tokens/s | model memory |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in results["generation"]:
-        lines.append(
-            f"| {row['quantization']} | {row['conversations']} | {row['new_tokens']} | {row['seconds']} "
-            f"| {row['tokens_per_s']} | {row['memory_mb']} MB |"
-        )
-    if "load" in results:
-        load = results["load"]
-        lines += [
-            "",
-            "| start | seconds |",
-            "| --- | ---: |",
-            f"| first (GGUF de-quantized, cached as safetensors) | {load['first_load_s']} |",
-            f"| later (from the safetensors cache) | {load['cached_load_s']} |",
-        ]
+    runs = results["engines"]
+    torch_rate = {row["conversations"]: row["tokens_per_s"] for row in runs[0]["generation"]}
+    lines = ["| engine | conversations at once | new tokens | seconds | tokens/s | × torch |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for run in runs:
+        for row in run["generation"]:
+            ratio = row["tokens_per_s"] / torch_rate[row["conversations"]]
+            lines.append(f"| {run['engine']} | {row['conversations']} | {row['new_tokens']} | {row['seconds']} | {row['tokens_per_s']} | {ratio:.1f} |")
+    lines += ["", "| engine | start (cached) | first start (fresh cache) | model memory |", "| --- | ---: | ---: | ---: |"]
+    for run in runs:
+        first = f"{run['first_start_s']} s" if "first_start_s" in run else "-"
+        lines.append(f"| {run['engine']} | {run['start_s']} s | {first} | {run['memory_mb']} MB |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="conversations at once (default: 1 4 16)")
-    parser.add_argument("--quantizations", nargs="+", default=["none", "4bit"], choices=["none", "4bit"])
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--skip-load", action="store_true", help="do not measure the first (de-quantizing) load")
+    parser.add_argument("--threads", type=int, default=2, help="threads per engine (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per size; the fastest counts (default: %(default)s)")
+    parser.add_argument("--skip-first", action="store_true", help="do not measure first starts (de-quantizing, converting)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
     parser.add_argument("--note", default="", help="free text saved with the results (e.g. what else ran)")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this engine, print JSON
     args = parser.parse_args(argv)
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if args.one:
+        print(json.dumps(measure_one(args.one, args.sizes, args.max_new_tokens, args.threads, args.repeats, not args.skip_first)))
+        return 0
     results: dict = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
-        "model": "embedded SmolLM2-135M-Instruct, no adapter",
-        "max_new_tokens": args.max_new_tokens,
-        "note": args.note,
+        "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "platform": platform.platform()},
+        "model": "embedded SmolLM2-135M-Instruct + the shipped adapter (torch: unmerged PEFT; ct2: merged, converted)",
+        "threads": args.threads, "max_new_tokens": args.max_new_tokens, "note": args.note, "engines": [],
     }
-    if not args.skip_load:
-        print("measuring load times ...", file=sys.stderr, flush=True)
-        results["load"] = load_times()
-    results["generation"] = []
-    for quantization in args.quantizations:
-        print(f"generating, quantization={quantization} ...", file=sys.stderr, flush=True)
-        results["generation"] += throughput(quantization, args.sizes, args.max_new_tokens)
+    for name in args.engines:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        command = [sys.executable, __file__, "--one", name, "--sizes", *map(str, args.sizes), "--max-new-tokens", str(args.max_new_tokens),
+                   "--threads", str(args.threads), "--repeats", str(args.repeats)] + (["--skip-first"] if args.skip_first else [])
+        output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results["engines"].append(json.loads(output.strip().splitlines()[-1]))
+    results["machine"]["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

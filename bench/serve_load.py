@@ -10,7 +10,7 @@ window and the requests in flight are waited for. Reported: completion tokens pe
 the replies really got, over the time until the last reply) and p50/p95 latency.
 
 Beside them, in the same run on the same machine and with the same torch threads and sampling:
-the engine's raw batched generation (16 conversations per `Engine.generate` call, no HTTP, no
+the engine's raw batched generation (16 conversations per `generate` call, no HTTP, no
 Ray), and one-request-at-a-time serving — a threaded HTTP server that runs `generate` for one
 request at a time under a lock, as the original project's Flask app did — under 16 clients.
 A benchmark, not a test: the numbers depend on what else the machine is running.
@@ -120,7 +120,7 @@ def one_at_a_time_server(engine, sampling) -> ThreadingHTTPServer:
     return server
 
 
-def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str, batch_wait: float | None) -> str:
+def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str, batch_wait: float | None, engine: str) -> str:
     import ray
 
     from serve.launch import start
@@ -128,7 +128,7 @@ def start_stack(port: int, max_new_tokens: int, threads: int, adapter: str, batc
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.pop("CHANDLER_API_KEY", None)
     ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-    overrides = {"max_new_tokens": max_new_tokens, "torch_threads": threads, "request_timeout_s": 600, "adapter": adapter}
+    overrides = {"max_new_tokens": max_new_tokens, "torch_threads": threads, "request_timeout_s": 600, "adapter": adapter, "engine": engine}
     return start("127.0.0.1", port, overrides=overrides, deployment_overrides=batching(batch_wait)).rstrip("/")
 
 
@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="1,4,16,32", help="concurrency levels (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=30, help="sending window per level (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="(default: %(default)s, as in bench/engine.py)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads everywhere (default: all cores)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch (or CTranslate2) threads everywhere (default: all cores)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "ct2"), help="the engine everywhere (default: %(default)s)")
     parser.add_argument("--batch-wait", type=float, default=None, help="replace the config's batch_wait_timeout_s (local stack only)")
     parser.add_argument("--note", default="", help="a line about the conditions, added to the report")
     parser.add_argument("--port", type=int, default=8765)
@@ -203,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from serve.engine import Engine, Sampling, resolve_adapter
+    from serve.engine import Sampling, load_engine, resolve_adapter
 
     torch.set_num_threads(args.threads)
     adapter = str(resolve_adapter("default", "embedded") or "none")  # the same adapter for every path
     sampling = Sampling(max_new_tokens=args.max_new_tokens)
-    url = args.url or start_stack(args.port, args.max_new_tokens, args.threads, adapter, args.batch_wait)
+    url = args.url or start_stack(args.port, args.max_new_tokens, args.threads, adapter, args.batch_wait, args.engine)
     levels = [int(c) for c in args.clients.split(",")]
     asyncio.run(load(url, 2, 5, args.api_key))  # warm-up
     rows = []
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         from ray import serve
 
         serve.shutdown()
-    engine = Engine(adapter=adapter, device="cpu")
+    engine = load_engine(args.engine, adapter=adapter, device="cpu", threads=args.threads)
     raw = raw_batch(engine, sampling, 16, args.seconds)
     print("raw", raw, flush=True)
     server = one_at_a_time_server(engine, sampling)
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if at16:
         ratios = {"stack16_vs_raw_batch16": round(at16["tok_per_s"] / raw["tok_per_s"], 2),
                   "stack16_vs_one_at_a_time": round(at16["tok_per_s"] / single["tok_per_s"], 1)}
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {type(engine).__name__} (--engine {args.engine}), torch {torch.__version__}, {args.threads} threads, "
                f"adapter {Path(adapter).name}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = "\n".join([

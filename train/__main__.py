@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     blind.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
                        help="an index without the test episodes (`python -m train lines --splits train validation`)")
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
+    export = commands.add_parser("export", help="the merged model (base + adapter) as a GGUF file for llama.cpp / Ollama")
+    export.add_argument("--gguf", type=Path, required=True, help="the .gguf file to write")
+    export.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one) or 'none'")
+    export.add_argument("--type", dest="weight_type", default="f16", choices=("f16", "q8_0"), help="weight type (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -137,6 +141,12 @@ def run_blind(args: argparse.Namespace) -> None:
     print(make_pairs(args.data, args.selector, args.lines, args.out) if args.step == "make" else score(args.out))
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from train.export import export_gguf
+
+    print(export_gguf(args.gguf, args.adapter, args.weight_type))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -144,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
-         "lines": run_lines, "blind": run_blind}[args.command](args)
+         "lines": run_lines, "blind": run_blind, "export": run_export}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
