@@ -24,6 +24,15 @@ class Pending:
         self.cancelled = True
 
 
+@pytest.fixture(autouse=True)
+def no_settings_from_the_environment(monkeypatch):
+    """Settings() reads CHANDLER_* (pydantic-settings): another test's app must not leak in here."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("CHANDLER_") or n == "REDIS_URL"]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 async def client():
     model = ModelClient(None, Settings(request_timeout_s=0.3))

@@ -87,8 +87,8 @@ class ChatIngress:
         """A bare status for anyone; the details (model, device, counters) only with the API key."""
         checks: dict[str, Any] = {"context": self.store.kind, "model": None}
         try:
-            self.model.available()
-            checks["model"] = await asyncio.wait_for(self.model.model.info.remote(), 3)
+            if self.model.running():  # busy is still ready: overload is answered per request
+                checks["model"] = await asyncio.wait_for(self.model.model.info.remote(), 3)
         except Exception:
             pass
         if self.store.kind == "redis":

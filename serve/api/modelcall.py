@@ -38,11 +38,15 @@ class ModelClient:
         ahead = max(self.in_flight, self.load["waiting"] - passes_since * self.load["batch"])
         return math.ceil((ahead + 1) / self.load["batch"]) * self.load["pass_s"]
 
-    def available(self) -> None:
-        """503 at once while no model replica runs, or while the queue is longer than the timeout."""
+    def running(self) -> bool:
+        """Whether a model replica runs, as the watcher last saw (it starts on the first call)."""
         if self.watcher is None or self.watcher.done():
             self.watcher = asyncio.create_task(self._watch())
-        if self.lost_replica:
+        return not self.lost_replica
+
+    def available(self) -> None:
+        """503 at once while no model replica runs, or while the queue is longer than the timeout."""
+        if not self.running():
             raise ApiError(503, "model_unavailable", "the model is loading or restarting; try again shortly", RETRY_DOWN)
         wait, timeout = self.expected_wait(), self.settings.request_timeout_s
         if wait > timeout:
