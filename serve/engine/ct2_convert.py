@@ -1,8 +1,8 @@
 """The merged model (base + LoRA adapter, PEFT `merge_and_unload`) converted for CTranslate2, cached.
 
-The conversion is stored in float32 under the cache folder, keyed by the base model and the
-adapter's content; the engine picks int8 or float32 when it loads it (CTranslate2 quantizes at
-load). The first start converts (tens of seconds); later starts only load.
+The conversion is stored in its weight type (int8 or float32) under the cache folder, keyed by the
+base model, the adapter's content and that type. The first start converts (tens of seconds);
+later starts only load.
 """
 from __future__ import annotations
 
@@ -48,11 +48,11 @@ def _files_digest(digest, folder: Path, patterns: tuple[str, ...], content: bool
                 digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
 
 
-def cache_key(base_model: str, adapter: Path | None) -> str:
-    """Changes whenever the base model's files, the adapter's content or CTranslate2's version do."""
+def cache_key(base_model: str, adapter: Path | None, quantization: str) -> str:
+    """Changes whenever the base model's files, the adapter's content, the weight type or CTranslate2's version do."""
     import ctranslate2
 
-    digest = hashlib.sha256(f"ct2 {ctranslate2.__version__}\nbase {base_model}\n".encode())
+    digest = hashlib.sha256(f"ct2 {ctranslate2.__version__}\nbase {base_model}\n{quantization}\n".encode())
     base = Path(resolve(base_model))
     if base.is_dir():
         _files_digest(digest, base, ("config.json",), content=True)
@@ -62,11 +62,11 @@ def cache_key(base_model: str, adapter: Path | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def converted_folder(base_model: str = EMBEDDED, adapter: Path | None = None) -> Path:
-    """The CTranslate2 model folder for base + adapter, converting it on first use."""
+def converted_folder(base_model: str = EMBEDDED, adapter: Path | None = None, quantization: str = "int8") -> Path:
+    """The CTranslate2 model folder for base + adapter with `quantization` weights, converting it on first use."""
     check_convertible(base_model)
     name = "smollm2-135m-instruct" if base_model == EMBEDDED else Path(base_model).name or "model"
-    folder = cache_dir() / "ct2" / f"{name}-{cache_key(base_model, adapter)}"
+    folder = cache_dir() / "ct2" / f"{name}-{quantization}-{cache_key(base_model, adapter, quantization)}"
     if (folder / MODEL_FILE).exists():
         return folder
     log.info("converting %s%s for CTranslate2 into %s (first start only)", base_model, f" + {adapter}" if adapter else "", folder)
@@ -74,7 +74,7 @@ def converted_folder(base_model: str = EMBEDDED, adapter: Path | None = None) ->
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".merged-") as merged:
         _save_merged(base_model, adapter, Path(merged))
         staging = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        _convert(Path(merged), staging, base_model)
+        _convert(Path(merged), staging, base_model, quantization)
     if folder.exists():  # a half-written copy from an interrupted first start
         shutil.rmtree(folder)
     staging.replace(folder)
@@ -89,11 +89,11 @@ def _save_merged(base_model: str, adapter: Path | None, out: Path) -> None:
     load_tokenizer(base_model).save_pretrained(out)
 
 
-def _convert(merged: Path, out: Path, base_model: str) -> None:
+def _convert(merged: Path, out: Path, base_model: str, quantization: str) -> None:
     from ctranslate2.converters import TransformersConverter
 
     try:
-        TransformersConverter(str(merged)).convert(str(out), quantization="float32", force=True)
+        TransformersConverter(str(merged)).convert(str(out), quantization=quantization, force=True)
     except (ValueError, NotImplementedError, KeyError) as error:
         shutil.rmtree(out, ignore_errors=True)
         raise ConversionError(f"CTranslate2 cannot convert base model {base_model!r}: {str(error).strip().splitlines()[0]}") from None

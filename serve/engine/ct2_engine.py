@@ -54,7 +54,7 @@ class Ct2Engine(EngineBase):
         self.adapter = resolve_adapter(adapter, base_model)
         if self.adapter is not None:
             adapter_config(self.adapter)  # fail fast, before any conversion
-        self.folder = converted_folder(base_model, self.adapter)
+        self.folder = converted_folder(base_model, self.adapter, compute_type)
         self.tokenizer = load_tokenizer(base_model)
         self._options = {"device": device, "compute_type": compute_type, "intra_threads": threads}
         self.inter_threads = inter_threads
