@@ -223,3 +223,24 @@ def test_serve_config_builds_the_application_through_the_typed_builder(clean_env
     assert AppArgs.model_validate(app["args"]).max_new_tokens == app["args"]["max_new_tokens"]
     with pytest.raises(ValidationError, match="max_new_token"):
         call_user_app_builder_with_args_if_necessary(builder, {**app["args"], "max_new_token": 5})
+
+
+async def test_a_slow_redis_cannot_hold_an_exchange_past_its_deadline(redis_db, redis_server):
+    """The request timeout covers the commit: with Redis's writes paused (CLIENT PAUSE WRITE), the
+    exchange answers at its deadline plus at most a second, unstored, and the store recovers."""
+    import time
+
+    from serve.api.exchange import Exchange
+
+    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60, timeout_s=30)
+    exchange = Exchange(store)
+    try:
+        ticket, _ = await exchange.open("c-slow", time.monotonic() + 5)
+        redis_db.execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+        started = time.monotonic()
+        answer = {"reply": "Could this BE any slower?", "usage": {}, "source": {"kind": "generated"}}
+        sent = await exchange.commit("c-slow", ticket, Commit((turn("user", "Joey", "hi"),)), answer, started + 0.5)
+        assert sent == answer and time.monotonic() - started < 2.0
+        redis_db.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        await store.close()

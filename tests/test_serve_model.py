@@ -31,4 +31,4 @@ async def test_a_cancelled_request_is_not_generated(monkeypatch):
     results = await asyncio.gather(*first, kept)
     assert all(r["text"] for r in results) and given_up.cancelled()
     assert model.batched == 9  # the cancelled request never reached the engine
-    assert results[-1]["load"]["batch"] == 16 and results[-1]["load"]["pass_s"] > 0
+    assert results[-1]["load"]["request_s"] > 0

@@ -39,7 +39,8 @@ class ChandlerModel:
         self.runner: asyncio.Task | None = None
         self.last_pass: tuple[float, float, int] | None = None  # (ended at, seconds, requests)
         self.last_pending = 0  # requests already waiting when the last pass ended
-        self.pass_s = 0.0  # a running mean of engine pass times: with the queue, the ingress's wait estimate
+        self.request_s = 0.0  # a running mean of pass time per request: with the queue, the ingress's wait estimate
+        self.in_pass = 0  # requests in the engine pass now running
         self.batches = self.batched = 0
         log.info("model ready: base %s, adapter %s, device %s", s.base_model, self.engine.adapter, self.engine.device)
 
@@ -53,6 +54,10 @@ class ChandlerModel:
     async def info(self) -> dict[str, Any]:
         return {"adapter": str(self.engine.adapter) if self.engine.adapter else None, "device": str(self.engine.device),
                 "batches": self.batches, "batched_requests": self.batched, "pid": os.getpid()}
+
+    async def load(self) -> dict[str, Any]:
+        """The queue, for the ingress's early back-pressure (polled every second)."""
+        return {"waiting": len(self.pending) + self.in_pass, "request_s": self.request_s}
 
     async def generate(self, turns: list[dict[str, str]], sampling: dict[str, Any]) -> dict[str, Any]:
         """`{text, prompt_tokens, completion_tokens, finish_reason, load}`; a prompt over the token
@@ -98,10 +103,10 @@ class ChandlerModel:
             del self.pending[: self.max_batch_size]
             if not batch:
                 continue
-            started = loop.time()
+            started, self.in_pass = loop.time(), len(batch)
             await self._pass(batch)
-            took = loop.time() - started
-            self.pass_s = took if not self.pass_s else 0.7 * self.pass_s + 0.3 * took
+            took, self.in_pass = loop.time() - started, 0
+            self.request_s = took / len(batch) if not self.request_s else 0.7 * self.request_s + 0.3 * took / len(batch)
             self.last_pass, self.last_pending = (loop.time(), took, len(batch)), len(self.pending)
 
     async def _pass(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
@@ -121,7 +126,7 @@ class ChandlerModel:
                     if not batch[i][1].done():
                         batch[i][1].set_exception(error)
                 continue
-            load = {"waiting": len(self.pending), "pass_s": self.pass_s, "batch": self.max_batch_size}
+            load = {"waiting": len(self.pending), "request_s": self.request_s}
             for i, reply in zip(members, replies):
                 if not batch[i][1].done():
                     batch[i][1].set_result({**reply, "load": load})

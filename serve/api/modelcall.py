@@ -24,19 +24,19 @@ class ModelClient:
         self.lost = asyncio.Event()  # set while no replica runs: wakes requests waiting for a dead one
         self.watcher: asyncio.Task | None = None
         self.in_flight = 0  # this replica's model calls not yet answered
-        self.load: dict[str, Any] | None = None  # the model's last report: waiting, pass_s, batch
+        self.load: dict[str, Any] | None = None  # the model's last report: waiting, request_s
         self.load_at = 0.0
 
     # -- before a call ------------------------------------------------------------------------
     def expected_wait(self) -> float:
-        """Seconds a new request would wait: the requests ahead of it (the model's last report,
-        drained at the model's pace since, or this replica's own calls if more) in batches of
-        `batch`, each taking the mean pass time."""
-        if not self.load or not self.load["pass_s"]:
+        """Seconds until a new request's answer: the requests ahead of it (the model's last
+        report, drained at the model's pace since, or this replica's own calls if more) and its
+        own, at the model's mean pass time per request. Nothing ahead: 0, always worth a try."""
+        if not self.load or not self.load["request_s"]:
             return 0.0
-        passes_since = (time.monotonic() - self.load_at) / self.load["pass_s"]
-        ahead = max(self.in_flight, self.load["waiting"] - passes_since * self.load["batch"])
-        return math.ceil((ahead + 1) / self.load["batch"]) * self.load["pass_s"]
+        cost = self.load["request_s"]
+        ahead = max(self.in_flight, self.load["waiting"] - (time.monotonic() - self.load_at) / cost)
+        return 0.0 if ahead <= 0 else (ahead + 1) * cost
 
     def running(self) -> bool:
         """Whether a model replica runs, as the watcher last saw (it starts on the first call)."""
@@ -70,6 +70,8 @@ class ModelClient:
                     log.info("a model replica is running: answering again")
                     self.lost.clear()
                 self.lost_replica = lost
+                if not lost:
+                    self.load, self.load_at = await asyncio.wait_for(self.model.load.remote(), 1), time.monotonic()
             except Exception as error:  # the controller is busy or restarting: keep the last answer
                 log.debug("model status unknown: %s", error)
             await asyncio.sleep(1)
@@ -92,6 +94,7 @@ class ModelClient:
             raise TimeoutError()
         except BaseException as error:
             work.cancel()
+            work.add_done_callback(lambda task: task.cancelled() or task.exception())  # retrieved: not logged
             pending.cancel()
             if isinstance(error, asyncio.CancelledError):
                 raise
