@@ -7,8 +7,9 @@ import logging
 import pytest
 from conftest import free_port
 
-from serve.api.context import COMMITTED, CONFLICT, FORGOTTEN, Commit, MemoryContext, open_store, speaker, to_turns, turn
+from serve.api.context import COMMITTED, CONFLICT, FORGOTTEN, Commit, MemoryContext, speaker, to_turns, turn
 from serve.api.redis_context import FEEDBACK, KEY, RedisContext
+from serve.api.store import open_store
 from serve.settings import AppArgs, Settings, SettingsError, load
 
 

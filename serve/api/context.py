@@ -1,5 +1,5 @@
 """Each channel's recent conversation: Redis in a cluster (serve/api/redis_context.py), process
-memory on a single machine (here). Both keep the same rules:
+memory on a single machine (here); serve/api/store.py picks one. Both keep the same rules:
 
 - one list of turns `{role, name, text, ts}` per channel, trimmed to the last `max_turns`,
   expiring `ttl_s` after its last change; `ts` is stamped at commit, so it follows list order;
@@ -12,15 +12,12 @@ memory on a single machine (here). Both keep the same rules:
 """
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from data.dialogue import CHARACTER, Turn
-
-log = logging.getLogger("ray.serve.chandler.context")  # into the replica logs under Ray Serve
 
 DEFAULT_SPEAKER = "Guest"
 MAX_MEMORY_CHANNELS = 10_000  # the memory store drops the least recently used channels past this
@@ -172,18 +169,3 @@ class MemoryContext:
 
     async def close(self) -> None:
         return None
-
-
-def open_store(redis_url: str | None, max_turns: int, ttl_s: int, feedback_max: int) -> ContextStore:
-    if redis_url:
-        from serve.api.redis_context import RedisContext
-
-        log.info("channel context in Redis (last %d turns, TTL %ds)", max_turns, ttl_s)
-        return RedisContext(redis_url, max_turns, ttl_s, feedback_max)
-    log.warning(
-        "REDIS_URL is not set: channel context is kept in this process's memory "
-        "(last %d turns, TTL %ds; lost on restart, not shared between replicas)",
-        max_turns,
-        ttl_s,
-    )
-    return MemoryContext(max_turns, ttl_s, feedback_max)

@@ -20,12 +20,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve.api.context import Commit, open_store, speaker, to_turns, turn
+from serve.api.context import Commit, speaker, to_turns, turn
 from serve.api.errors import RETRY_DOWN, STATIC, ApiError, api, parse
 from serve.api.exchange import Exchange
 from serve.api.modelcall import ModelClient
 from serve.api.openai import SSE_HEADERS, completion, completion_events, request_turns, sse
 from serve.api.schemas import CHANNEL_ID, IDEMPOTENCY_KEY, ChatRequest, FeedbackRequest, OpenAIRequest
+from serve.api.store import open_store
 from serve.settings import AppArgs, load
 
 log = logging.getLogger("ray.serve.chandler")
