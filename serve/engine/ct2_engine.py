@@ -56,9 +56,13 @@ class Ct2Engine(EngineBase):
             adapter_config(self.adapter)  # fail fast, before any conversion
         self.folder = converted_folder(base_model, self.adapter, compute_type)
         self.tokenizer = load_tokenizer(base_model)
-        self._options = {"device": device, "compute_type": compute_type, "intra_threads": threads}
+        kind, _, index = device.partition(":")  # cuda:1 -> cuda, device_index 1
+        self._options = {"device": kind, "device_index": int(index or 0), "compute_type": compute_type, "intra_threads": threads}
         self.inter_threads = inter_threads
-        self.generator = ctranslate2.Generator(str(self.folder), inter_threads=inter_threads, **self._options)
+        try:
+            self.generator = ctranslate2.Generator(str(self.folder), inter_threads=inter_threads, **self._options)
+        except (RuntimeError, ValueError) as error:
+            raise ModelLoadError(f"CTranslate2 cannot load {self.folder} on {device}: {str(error).strip().splitlines()[0]}") from None
         self.stop_ids = stop_token_ids(self.tokenizer, _configured_eos(base_model))
         self._seed_lock = threading.Lock()
 
@@ -102,10 +106,12 @@ class Ct2Engine(EngineBase):
 
     def _submit(self, generator, prompts: list[list[int]], sampling: Sampling) -> list:
         rows: list[list[int]] = [[] for _ in prompts]
+        decode = self.tokenizer.decode  # not `self`: a worker thread that drops the last reference
+        # to the engine would destroy the generator, and with it itself (std::system_error)
 
         def turn_ended(step) -> bool:  # stop a row once its text leaves the character's turn
             rows[step.batch_id].append(step.token_id)
-            return turn_end(self.tokenizer.decode(rows[step.batch_id])) is not None
+            return turn_end(decode(rows[step.batch_id])) is not None
 
         return generator.generate_batch(
             [self.tokenizer.convert_ids_to_tokens(ids) for ids in prompts], asynchronous=True,
