@@ -14,7 +14,7 @@ from conftest import FEEDBACK_SALT, SERVE_API_KEY
 from test_serve_api import AUTH, TIMEOUT, chat, sse, stored
 
 from data.dialogue import NEWEST_TURN_TOKENS
-from serve.api.redis_context import FEEDBACK, KEY
+from serve.api.redis_context import FEEDBACK, KEY, STATE
 
 
 def post(url: str, path: str, content: bytes) -> httpx.Response:
@@ -37,24 +37,26 @@ def test_a_2000_emoji_message_is_cut_to_the_token_budget(serve_app, redis_db):
 
 # -- 2. forget, with two ingress replicas ---------------------------------------------------------------------
 async def test_forget_during_an_exchange_commits_nothing_on_any_replica(serve_app, redis_db):
-    """Six times: the model is kept busy, a chat on the channel waits for it, and a DELETE (on either
-    replica, as the proxy chooses) comes meanwhile. Nothing of that chat may be stored."""
+    """Six times: a chat is held in flight (an earlier exchange of its channel, opened straight in
+    Redis, is not finished, so the chat may not commit), a DELETE comes meanwhile, on either
+    replica as the proxy chooses, then the earlier exchange ends. Nothing of the chat may be stored."""
     async with httpx.AsyncClient(timeout=TIMEOUT, headers=AUTH) as client:
         for attempt in range(6):
             channel = f"c-forget-{attempt}"
-            busy = [{"messages": [{"role": "user", "content": f"Busy question {i}?"}], "max_tokens": 6} for i in range(8)]
-            load = [asyncio.create_task(client.post(f"{serve_app}/v1/chat/completions", json=b)) for b in busy]
-            await asyncio.sleep(0.3)
+            state = STATE.format(channel)
+            redis_db.hincrby(state, "seq", 1)  # the earlier exchange: ticket 1, open
             body = {"channel_id": channel, "user": {"id": "1", "name": "Ross"}, "message": "Remember this?"}
             exchange = asyncio.create_task(client.post(f"{serve_app}/v1/chat", json=body))
-            await asyncio.sleep(0.5)
-            assert not exchange.done(), "the exchange was not in flight"
+            while redis_db.hget(state, "seq") != "2":  # the chat has opened (ticket 2) and read the history
+                await asyncio.sleep(0.02)
             gone = await client.delete(f"{serve_app}/v1/channels/{channel}/context")
-            assert gone.status_code == 204
+            assert gone.status_code == 204 and not exchange.done()
+            redis_db.hset(state, "finished", 1)  # the earlier exchange ends: the chat may commit now
             reply = await exchange
             assert reply.status_code == 200, reply.text  # answered, ...
-            await asyncio.gather(*load)
             assert stored(redis_db, channel) == [], f"attempt {attempt}: committed after the forget"  # ... not stored
+            assert chat(serve_app, channel, "And now?").status_code == 200  # the channel works again
+            assert [t["text"] for t in stored(redis_db, channel)][0] == "And now?"
 
 
 # -- 3. idempotency --------------------------------------------------------------------------------------------
