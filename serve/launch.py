@@ -45,16 +45,24 @@ def launch(args, with_bot: bool) -> int:
     import subprocess
     import sys
 
+    from serve.character.policy import check_files
+    from serve.character.selector import SelectorError
     from serve.settings import SettingsError
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     cpus = args.num_cpus or max(2, os.cpu_count() or 1)
     overrides: dict[str, Any] = {}
     try:
-        if load(application_config(args.config).get("args", {})).torch_threads == 0:
+        settings = load(application_config(args.config).get("args", {}))
+        if settings.torch_threads == 0:
             overrides["torch_threads"] = max(1, os.cpu_count() or 1)  # one replica: let it use the machine
     except (OSError, KeyError, StopIteration, SettingsError) as error:
         print(f"error: {args.config}: {error}", file=sys.stderr)
+        return 2
+    try:
+        check_files("generate")  # TEMP(C): settings.reply_mode once models/chandler-selector ships
+    except SelectorError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     import ray
 

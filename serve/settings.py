@@ -6,13 +6,15 @@ URL with its password, the feedback salt) come only from the environment and are
 | ----------------------------- | ---------- | ------------------------------------------------------- |
 | CHANDLER_BASE_MODEL           | embedded   | base model: `embedded`, a Hugging Face id or a folder   |
 | CHANDLER_ADAPTER              | default    | LoRA adapter: `default` (shipped), a folder, or `none`  |
-| CHANDLER_QUANTIZATION         | auto       | `auto` (4-bit on CUDA), `none`, `4bit`                  |
+| CHANDLER_ENGINE               | auto       | `auto` (ct2 on CPU when the base converts, torch on CUDA), `torch`, `ct2` |
+| CHANDLER_QUANTIZATION         | auto       | `auto` (4-bit on CUDA, int8 under ct2), `none` (fp32), `4bit` (torch) |
 | CHANDLER_DEVICE               | auto       | `auto`, `cpu`, `cuda`, ...                              |
 | CHANDLER_TORCH_THREADS        | 0          | torch threads in a model replica; 0: Ray's default      |
 | CHANDLER_MAX_NEW_TOKENS       | 60         | reply length cap in tokens (also the OpenAI max_tokens cap) |
 | CHANDLER_TEMPERATURE          | 0.8        | sampling temperature (0: greedy)                        |
 | CHANDLER_TOP_P                | 0.9        | nucleus sampling                                        |
 | CHANDLER_BEST_OF              | 1          | >1: sample n replies, send the most Chandler-like (n× the compute; whole replies, not streamed word by word) |
+| CHANDLER_REPLY_MODE           | blend      | `generate`, `quote` (his real lines) or `blend` (the selector picks among both; one piece, not streamed word by word) |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |
 | CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above; prompts are also capped in tokens, data/dialogue.py) |
@@ -25,7 +27,7 @@ URL with its password, the feedback salt) come only from the environment and are
 """
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +44,7 @@ class AppArgs(BaseModel):
 
     base_model: str = "embedded"
     adapter: str = "default"
+    engine: Literal["auto", "torch", "ct2"] = "auto"  # serve/engine/__init__.py load_engine
     quantization: str = "auto"
     device: str = "auto"
     torch_threads: NonNegativeInt = 0
@@ -49,6 +52,7 @@ class AppArgs(BaseModel):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     best_of: PositiveInt = 1
+    reply_mode: Literal["generate", "quote", "blend"] = "blend"  # serve/character/policy.py
     context_turns: PositiveInt = 20
     context_ttl_s: PositiveInt = Field(86400, validation_alias="CHANDLER_CONTEXT_TTL")
     max_message_chars: PositiveInt = 2000

@@ -26,13 +26,15 @@ class ChandlerModel:
     1 s) for the clients it just answered, so that their next requests join the same pass."""
 
     def __init__(self, s: AppArgs) -> None:
-        from serve.engine import Engine
+        from serve.character.policy import ReplyPolicy
+        from serve.engine import load_engine
 
         if s.torch_threads:
             import torch
 
             torch.set_num_threads(s.torch_threads)
-        self.engine = Engine(s.base_model, s.adapter, s.quantization, s.device)
+        self.engine = load_engine(s.engine, s.base_model, s.adapter, s.quantization, s.device, threads=s.torch_threads)
+        self.policy = ReplyPolicy("generate")  # TEMP(C): s.reply_mode once models/chandler-selector ships
         self.max_batch_size, self.batch_wait_s = 16, 0.05
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.arrived = asyncio.Event()
@@ -133,11 +135,14 @@ class ChandlerModel:
 
     def _generate(self, conversations: list[list[dict[str, str]]], sampling) -> list[dict[str, Any]]:
         """The engine's replies as the API reports them: `completion_tokens` are the tokens of the
-        reply as sent (as for a stream); `finish_reason` is `length` when the engine hit the cap."""
+        reply as sent (as for a stream); `finish_reason` is `length` when the engine hit the cap;
+        `source` says whether the reply policy sent a real line of the show or a generated one."""
+        from serve.character.policy import respond
+
         return [
             {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": self.engine.count_tokens(reply.text),
-             "finish_reason": "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop"}
-            for reply in self.engine.generate(conversations, sampling)
+             "finish_reason": "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop", "source": source}
+            for reply, source in respond(self.engine, self.policy, conversations, sampling)
         ]
 
     async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
@@ -145,6 +150,12 @@ class ChandlerModel:
         reader that goes away stops it at the next piece."""
         from serve.engine import Sampling
 
+        if self.policy.mode != "generate":  # the policy chooses among whole candidates: one piece
+            result = await self.generate(turns, sampling)
+            yield {"delta": result["text"]}
+            yield {"usage": {"prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"]},
+                   "finish_reason": result["finish_reason"], "source": result["source"]}
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
