@@ -72,22 +72,23 @@ def test_context_text_puts_the_newest_turn_first():
 
 
 def test_retrieval_finds_the_line_that_answers_and_skips_short_ones(selector_folder, lines_folder):
-    index = LineIndex(lines_folder, Selector(selector_folder))
-    top = index.top(JOB, k=10)
+    selector = Selector(selector_folder)
+    index = LineIndex(lines_folder, selector)
+    gym_message = [{"speaker": "Alex", "text": "I finally went back to the gym today."}]
+    top, gym = index.top(selector.conversations([JOB, gym_message]), k=10, exclude=[[], []])
     assert top[0].text.startswith("I'm in data processing")
     assert (top[0].season, top[0].episode) == (3, 5)
     assert "Yeah." not in [line.text for line in top]  # under 3 words: never quoted
     assert [line.score for line in top] == sorted((line.score for line in top), reverse=True)
-    gym = index.top([{"speaker": "Alex", "text": "I finally went back to the gym today."}], k=1)[0]
-    assert "gym" in gym.text
+    assert "gym" in gym[0].text
 
 
 def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):
     generated = ["Banana pancakes are purple on Tuesdays.", "My job? I crunch numbers until they cry."]
-    low = policy("blend", selector_folder, lines_folder, threshold=-5.0).choose(JOB, generated)
+    low, = policy("blend", selector_folder, lines_folder, threshold=-5.0).choose([JOB], [generated])
     assert low.source == {"kind": "quote", "season": 3, "episode": 5}
     assert low.text.startswith("I'm in data processing")
-    high = policy("blend", selector_folder, lines_folder, threshold=5.0).choose(JOB, generated)
+    high, = policy("blend", selector_folder, lines_folder, threshold=5.0).choose([JOB], [generated])
     assert high.source == {"kind": "generated"}
     assert high.text == generated[1]  # the generation the selector scores higher
 
@@ -95,10 +96,10 @@ def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):
 def test_no_line_already_in_the_conversation_is_sent_again(selector_folder, lines_folder):
     said = LINES[2][0]
     turns = [*JOB, {"speaker": "Chandler", "text": said}, {"speaker": "Alex", "text": "No really, what is your job?"}]
-    chosen = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose(turns, [])
+    chosen, = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose([turns], [[]])
     assert chosen.text != said and chosen.source["kind"] == "quote"
     blend = policy("blend", selector_folder, lines_folder, threshold=5.0)
-    assert blend.choose(turns, ["  " + said.upper(), "Accounting, sort of."]).text == "Accounting, sort of."
+    assert blend.choose([turns], [["  " + said.upper(), "Accounting, sort of."]])[0].text == "Accounting, sort of."
 
 
 def test_respond_reports_sources_and_generate_mode_uses_the_engine_alone(selector_folder, lines_folder):

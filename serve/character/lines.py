@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.dialogue import Turn
-from serve.character.selector import Selector, SelectorError, last_message
+from serve.character.selector import Selector, SelectorError, Vectors
 from serve.character.style import embed
 
 DEFAULT_LINES = Path(__file__).resolve().parents[2] / "models" / "chandler-lines"
@@ -81,21 +80,16 @@ class LineIndex:
             raise SelectorError(f"{self.folder}: the line index cannot be read ({error}); rebuild it with "
                                 "`python -m train lines`") from None
         self.lines = [Line(r["reply"], int(r["season"]), int(r["episode"])) for r in records]
-        self.selector_vectors = vectors["selector"].astype(np.float32)
-        self.message_vectors = vectors["message"].astype(np.float32)
+        self.vectors = Vectors(vectors["selector"].astype(np.float32), vectors["message"].astype(np.float32))
         self.quotable = np.array([len(line.text.split()) >= MIN_QUOTE_WORDS for line in self.lines])
         self.keys = [normalized(line.text) for line in self.lines]
 
-    def scores(self, turns: Sequence[Turn]) -> np.ndarray:
-        total = self.selector_vectors @ self.selector.encode_contexts([turns])[0]
-        if self.selector.message_weight:
-            total = total + self.selector.message_weight * (self.message_vectors @ embed([last_message(turns)])[0])
-        return total
+    def top(self, conversations: Vectors, k: int, exclude: Sequence[Iterable[str]]) -> list[list[Line]]:
+        """For each conversation, its k best quotable lines, none of them in its `exclude` (texts already said)."""
+        scores = self.selector.score(conversations, self.vectors)
+        return [self._best(row, k, {normalized(text) for text in said}) for row, said in zip(scores, exclude)]
 
-    def top(self, turns: Sequence[Turn], k: int, exclude: Iterable[str] = ()) -> list[Line]:
-        """The k best quotable lines for the conversation, none of them in `exclude` (texts already said)."""
-        said = {normalized(text) for text in exclude}
-        scores = self.scores(turns)
+    def _best(self, scores: np.ndarray, k: int, said: set[str]) -> list[Line]:
         best: list[Line] = []
         for i in np.argsort(-scores):
             if self.quotable[i] and self.keys[i] not in said:

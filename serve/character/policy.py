@@ -68,20 +68,30 @@ class ReplyPolicy:
             return 0
         return max(sampling.best_of, BLEND_GENERATIONS) if sampling.temperature > 0 else 1
 
-    def choose(self, turns: Sequence[Turn], generated: Sequence[str]) -> Choice:
-        """The reply for `turns` (the conversation including the new message) among `generated`."""
-        said = {normalized(turn["text"]) for turn in turns}
-        fresh = [text for text in generated if text.strip() and normalized(text) not in said]
+    def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]]) -> list[Choice]:
+        """The reply for each conversation (its turns including the new message) among its
+        `generated` candidates and the index's lines; the encoders run once per batch."""
+        said = [{normalized(turn["text"]) for turn in turns} for turns in conversations]
+        fresh = [[text for text in group if text.strip() and normalized(text) not in seen]
+                 for group, seen in zip(generated, said)]
         if self.mode == "generate":
-            return Choice(fresh[0] if fresh else (generated[0] if generated else ""))
-        lines = self.index.top(turns, self.top_k, exclude=said)
-        if self.mode == "quote" or not fresh:
-            return quote(lines[0]) if lines else Choice(generated[0] if generated else "")
-        scores = self.selector.scores(turns, fresh)
-        best = int(np.argmax(scores))
-        if lines and lines[0].score >= self.selector.threshold:
-            return quote(lines[0])
-        return Choice(fresh[best], dict(GENERATED), float(scores[best]))
+            return [Choice(group[0] if group else (raw[0] if raw else "")) for group, raw in zip(fresh, generated)]
+        conversation_vectors = self.selector.conversations(conversations)
+        lines = self.index.top(conversation_vectors, self.top_k, said)
+        flat = [text for group in fresh for text in group]
+        scores = self.selector.score(conversation_vectors, self.selector.replies(flat)) if flat else None
+        choices, start = [], 0
+        for i, (group, raw) in enumerate(zip(fresh, generated)):
+            own = scores[i, start : start + len(group)] if group else np.zeros(0)
+            start += len(group)
+            if lines[i] and (self.mode == "quote" or not group or lines[i][0].score >= self.selector.threshold):
+                choices.append(quote(lines[i][0]))
+            elif group:
+                best = int(np.argmax(own))
+                choices.append(Choice(group[best], dict(GENERATED), float(own[best])))
+            else:
+                choices.append(Choice(raw[0] if raw else ""))
+        return choices
 
 
 def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling) -> list[tuple]:
@@ -93,10 +103,10 @@ def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]]
         return [(reply, dict(GENERATED)) for reply in engine.generate(conversations, sampling)]
     n = policy.generations(sampling)
     flat = engine.generate([turns for turns in conversations for _ in range(n)], replace(sampling, best_of=1)) if n else []
+    groups = [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
+    choices = policy.choose(conversations, [[reply.text for reply in group] for group in groups])
     answers = []
-    for i, turns in enumerate(conversations):
-        group = flat[i * n : (i + 1) * n]
-        choice = policy.choose(turns, [reply.text for reply in group])
+    for turns, group, choice in zip(conversations, groups, choices):
         prompt_tokens = group[0].prompt_tokens if group else len(engine.prompt_ids(turns))
         answers.append((Reply(choice.text, prompt_tokens, engine.count_tokens(choice.text)), choice.source))
     return answers

@@ -12,6 +12,7 @@ import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,6 +58,13 @@ def read_settings(folder: Path) -> dict:
         raise SelectorError(f"{folder}: no selector here ({error}); train one with `python -m train selector`") from None
 
 
+class Vectors(NamedTuple):
+    """Unit vectors of texts: the tuned selector's, and the untuned encoder's (None when unused)."""
+
+    tuned: np.ndarray
+    message: np.ndarray | None
+
+
 class Selector:
     """Scores candidate replies against conversations."""
 
@@ -76,16 +84,17 @@ class Selector:
             return np.zeros((0, self.encoder.get_sentence_embedding_dimension()), dtype=np.float32)
         return self.encoder.encode(list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
 
-    def encode_contexts(self, conversations: Sequence[Sequence[Turn]]) -> np.ndarray:
-        return self.encode([context_text(turns) for turns in conversations])
+    def conversations(self, conversations: Sequence[Sequence[Turn]]) -> Vectors:
+        """Both sides' vectors of conversations, in one batch per encoder."""
+        return Vectors(self.encode([context_text(turns) for turns in conversations]),
+                       embed([last_message(turns) for turns in conversations]) if self.message_weight else None)
 
-    def scores(self, turns: Sequence[Turn], replies: Sequence[str], reply_vectors: np.ndarray | None = None) -> np.ndarray:
-        """Selector score of each reply to the conversation `turns` (tuned cosine + weighted untuned
-        message–reply cosine)."""
-        if not replies:
-            return np.zeros(0)
-        vectors = self.encode(replies) if reply_vectors is None else reply_vectors.astype(np.float32)
-        total = vectors @ self.encode_contexts([turns])[0]
+    def replies(self, replies: Sequence[str]) -> Vectors:
+        return Vectors(self.encode(replies), embed(list(replies)) if self.message_weight else None)
+
+    def score(self, conversations: Vectors, replies: Vectors) -> np.ndarray:
+        """(conversations × replies) scores: tuned cosine + message_weight × untuned message–reply cosine."""
+        total = conversations.tuned @ replies.tuned.T
         if self.message_weight:
-            total = total + self.message_weight * (embed(list(replies)) @ embed([last_message(turns)])[0])
+            total = total + self.message_weight * (conversations.message @ replies.message.T)
         return total
