@@ -8,7 +8,8 @@ for ct2, merging and converting) in a throw-away cache folder; memory (the weigh
 resident memory after the engine loaded and gave a first reply, less before). Then, all engines
 loaded in one process and interleaved (size by size, repeat by repeat, so that load from elsewhere falls on all alike), tokens
 per second for 1, 4 and 16 conversations in one `generate` call, 32 new tokens at most, sampled with
-the serving defaults (no seed: a seed costs the ct2 engine a fresh generator). Tokens counted are
+the serving defaults (no seed: a seed costs the ct2 engine a fresh generator), then greedy without
+a repetition penalty (the same tokens from every engine: the same work). Tokens counted are
 the tokens each reply really got (a reply may end earlier). The fastest of `--repeats` runs counts.
 `ct2 int8 2x1` is the ct2 engine with two generator workers of one thread each, splitting a batch
 in two. A benchmark, not a test: numbers depend on the machine and on what else it is running.
@@ -100,6 +101,15 @@ def start_one(name: str, threads: int, first: bool) -> dict:
     return info
 
 
+def decodings(new_tokens: int) -> dict:
+    """Sampled with the serving defaults (what users get; the engines' replies differ in length,
+    see the README), and greedy without a repetition penalty (the same tokens from every engine
+    up to int8 rounding, so the same work)."""
+    from serve.engine import Sampling
+
+    return {"sampled": Sampling(max_new_tokens=new_tokens), "greedy": Sampling(temperature=0, repetition_penalty=1.0, max_new_tokens=new_tokens)}
+
+
 def throughput(engines: dict, sizes: list[int], new_tokens: int, repeats: int) -> dict:
     """Tokens per second, engines interleaved (size by size, repeat by repeat) so that load from
     elsewhere on the machine falls on all of them alike; the fastest repeat counts."""
@@ -108,28 +118,32 @@ def throughput(engines: dict, sizes: list[int], new_tokens: int, repeats: int) -
     for engine in engines.values():
         engine.generate(conversations(2), Sampling(max_new_tokens=4))  # warm-up
     best: dict = {name: {} for name in engines}
-    for size in sizes:
-        for _ in range(repeats):
-            for name, engine in engines.items():
-                started = time.perf_counter()
-                replies = engine.generate(conversations(size), Sampling(max_new_tokens=new_tokens))
-                seconds = time.perf_counter() - started
-                tokens = sum(reply.completion_tokens for reply in replies)
-                row = {"conversations": size, "new_tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 1)}
-                if size not in best[name] or row["tokens_per_s"] > best[name][size]["tokens_per_s"]:
-                    best[name][size] = row
-                print(f"  {name}: {row}", file=sys.stderr, flush=True)
+    for decoding, sampling in decodings(new_tokens).items():
+        for size in sizes:
+            for _ in range(repeats):
+                for name, engine in engines.items():
+                    started = time.perf_counter()
+                    replies = engine.generate(conversations(size), sampling)
+                    seconds = time.perf_counter() - started
+                    tokens = sum(reply.completion_tokens for reply in replies)
+                    row = {"decoding": decoding, "conversations": size, "new_tokens": tokens, "seconds": round(seconds, 2),
+                           "tokens_per_s": round(tokens / seconds, 1)}
+                    if (decoding, size) not in best[name] or row["tokens_per_s"] > best[name][decoding, size]["tokens_per_s"]:
+                        best[name][decoding, size] = row
+                    print(f"  {name}: {row}", file=sys.stderr, flush=True)
     return {name: list(rows.values()) for name, rows in best.items()}
 
 
 def table(results: dict) -> str:
     runs = results["engines"]
-    torch_rate = {row["conversations"]: row["tokens_per_s"] for row in runs[0]["generation"]}
-    lines = ["| engine | conversations at once | new tokens | seconds | tokens/s | × torch |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for run in runs:
-        for row in run["generation"]:
-            ratio = row["tokens_per_s"] / torch_rate[row["conversations"]]
-            lines.append(f"| {run['engine']} | {row['conversations']} | {row['new_tokens']} | {row['seconds']} | {row['tokens_per_s']} | {ratio:.1f} |")
+    torch_rate = {(row["decoding"], row["conversations"]): row["tokens_per_s"] for row in runs[0]["generation"]}
+    lines = ["| decoding | engine | conversations at once | new tokens | seconds | tokens/s | × torch |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for decoding in decodings(1):
+        for run in runs:
+            for row in (r for r in run["generation"] if r["decoding"] == decoding):
+                ratio = row["tokens_per_s"] / torch_rate[decoding, row["conversations"]]
+                lines.append(f"| {decoding} | {run['engine']} | {row['conversations']} | {row['new_tokens']} | {row['seconds']} "
+                             f"| {row['tokens_per_s']} | {ratio:.1f} |")
     lines += ["", "| engine | start (cached) | first start (fresh cache) | weights | process memory after a first reply |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for run in runs:
