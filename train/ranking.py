@@ -128,6 +128,8 @@ def report_selector(data: Path, folder: Path, seed: int = 0) -> dict:
 
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     config = settings["config"]
+    stopped = settings.get("stopped")
+    schedule = f"{config['epochs']} epochs" + (f" planned, stopped {stopped}" if stopped else "")
     rows = "\n".join(
         f"| {name} | {value['R10@1']:.3f} | {value['R100@1']:.3f} |" if isinstance(value, dict) else f"| {name} | {value} | |"
         for name, value in metrics["test"].items()
@@ -138,8 +140,8 @@ A dual encoder that scores how well a reply answers a conversation, for the bot'
 (`serve/character/`). Base: {settings['base']}. Fine-tuned by `python -m train selector` with
 sentence-transformers' `MultipleNegativesRankingLoss` (in-batch negatives, batches without duplicate
 replies) on the {config['data']} train split's (conversation, Chandler reply) pairs:
-{config['epochs']} epochs, batch {config['batch_size']}, learning rate {config['learning_rate']},
-max {config['max_seq_length']} tokens, seed {config['seed']}; {settings['train_runtime_s']:.0f} s on CPU.
+{schedule}, batch {config['batch_size']}, learning rate {config['learning_rate']},
+max {config['max_seq_length']} tokens, seed {config['seed']}.
 
 The conversation side is its last 4 turns, newest first, `Name: text` joined by ` | `
 (`serve.character.selector.context_text`). The shipped score is the tuned cosine plus
