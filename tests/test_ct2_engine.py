@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from data.dialogue import CHARACTER
 from serve.engine import Engine, ModelLoadError, Sampling, load_engine
-from serve.engine.cleanup import turn_end
+from serve.engine.cleanup import FALLBACKS, turn_end
 from serve.engine.ct2_convert import ConversionError
 from serve.engine.ct2_engine import Ct2Engine
 
@@ -56,6 +56,7 @@ def test_int8_replies_are_clean(ct2_int8):
     batch = ct2_int8.generate(CONVERSATIONS, sampling)
     for reply, turns in zip(batch, CONVERSATIONS):
         assert reply.text.strip() and "<|" not in reply.text and turn_end(reply.text) is None
+        assert reply.text not in FALLBACKS  # the model's own words, not the clean-up's stand-in
         assert 1 <= reply.completion_tokens <= sampling.max_new_tokens
         assert reply.prompt_tokens == len(ct2_int8.prompt_ids(turns))
 
