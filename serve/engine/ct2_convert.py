@@ -64,11 +64,11 @@ def cache_key(base_model: str, adapter: Path | None, quantization: str) -> str:
 
 def converted_folder(base_model: str = EMBEDDED, adapter: Path | None = None, quantization: str = "int8") -> Path:
     """The CTranslate2 model folder for base + adapter with `quantization` weights, converting it on first use."""
-    check_convertible(base_model)
     name = "smollm2-135m-instruct" if base_model == EMBEDDED else Path(base_model).name or "model"
     folder = cache_dir() / "ct2" / f"{name}-{quantization}-{cache_key(base_model, adapter, quantization)}"
     if (folder / MODEL_FILE).exists():
         return folder
+    check_convertible(base_model)  # only now: importing the converter takes a second
     log.info("converting %s%s for CTranslate2 into %s (first start only)", base_model, f" + {adapter}" if adapter else "", folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".merged-") as merged:
