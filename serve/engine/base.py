@@ -9,16 +9,23 @@ from pathlib import Path
 from data.dialogue import Turn, prompt_ids, prompt_text
 from serve.engine.cleanup import clean_pieces, clean_reply, turn_end
 from serve.engine.interface import Reply, Sampling
+from serve.engine.loading import adapter_config, load_tokenizer, resolve_adapter
 
 
 class EngineBase:
-    tokenizer: object
-    persona: str
-    context_budget: int
-    max_chars: int
     stop_ids: list[int]
-    style_model: str | Path | None = None  # for best_of; None: models/chandler-style
     scorer = None  # a serve.character.style.StyleScorer, loaded on the first best_of request
+
+    def __init__(self, base_model: str, adapter: str | Path | None, persona: str, context_budget: int, max_chars: int,
+                 style_model: str | Path | None) -> None:
+        """What both engines set up before their own model: the adapter (checked first, so a bad
+        one fails before any loading), the tokenizer and the prompt settings."""
+        self.base_model, self.style_model = base_model, style_model  # style_model for best_of; None: models/chandler-style
+        self.persona, self.context_budget, self.max_chars = persona, context_budget, max_chars
+        self.adapter = resolve_adapter(adapter, base_model)
+        if self.adapter is not None:
+            adapter_config(self.adapter)
+        self.tokenizer = load_tokenizer(base_model)
 
     # -- prompts ------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:

@@ -21,7 +21,7 @@ from serve.engine.base import EngineBase
 from serve.engine.cleanup import MAX_REPLY_CHARS, turn_end
 from serve.engine.ct2_convert import converted_folder
 from serve.engine.interface import Reply, Sampling
-from serve.engine.loading import EMBEDDED, ModelLoadError, adapter_config, load_tokenizer, resolve, resolve_adapter, stop_token_ids
+from serve.engine.loading import EMBEDDED, ModelLoadError, resolve, stop_token_ids
 
 COMPUTE_TYPES = ("int8", "float32")
 _UNSEEDED = 2**32 - 1  # CTranslate2's "no seed": workers draw theirs from std::random_device
@@ -48,14 +48,9 @@ class Ct2Engine(EngineBase):
 
         if compute_type not in COMPUTE_TYPES:
             raise ModelLoadError(f"unknown CTranslate2 compute type {compute_type!r} (choose from {', '.join(COMPUTE_TYPES)})")
-        self.base_model, self.style_model = base_model, style_model
-        self.persona, self.context_budget, self.max_chars = persona, context_budget, max_chars
+        super().__init__(base_model, adapter, persona, context_budget, max_chars, style_model)
         self.device, self.compute_type = device, compute_type
-        self.adapter = resolve_adapter(adapter, base_model)
-        if self.adapter is not None:
-            adapter_config(self.adapter)  # fail fast, before any conversion
         self.folder = converted_folder(base_model, self.adapter, compute_type)
-        self.tokenizer = load_tokenizer(base_model)
         kind, _, index = device.partition(":")  # cuda:1 -> cuda, device_index 1
         self._options = {"device": kind, "device_index": int(index or 0), "compute_type": compute_type, "intra_threads": threads}
         self.inter_threads = inter_threads

@@ -19,7 +19,7 @@ from data.dialogue import CONTEXT_TOKEN_BUDGET, PERSONA, Turn
 from serve.engine.base import EngineBase
 from serve.engine.cleanup import MAX_REPLY_CHARS, turn_end
 from serve.engine.interface import Reply, Sampling
-from serve.engine.loading import EMBEDDED, adapter_config, attach_adapter, load_model, load_tokenizer, pick_device, resolve_adapter, stop_token_ids
+from serve.engine.loading import EMBEDDED, attach_adapter, load_model, pick_device, stop_token_ids
 
 
 class _TurnEnded:
@@ -58,16 +58,8 @@ class TorchEngine(EngineBase):
         max_chars: int = MAX_REPLY_CHARS,
         style_model: str | Path | None = None,
     ) -> None:
-        self.base_model = base_model
-        self.style_model = style_model
-        self.persona = persona
-        self.context_budget = context_budget
-        self.max_chars = max_chars
+        super().__init__(base_model, adapter, persona, context_budget, max_chars, style_model)
         self.device = pick_device(device)
-        self.adapter = resolve_adapter(adapter, base_model)
-        if self.adapter is not None:
-            adapter_config(self.adapter)  # fail fast, before the base model loads
-        self.tokenizer = load_tokenizer(base_model)
         self.tokenizer.padding_side = "left"
         model = load_model(base_model, quantization, self.device)
         if self.adapter is not None:
