@@ -1,6 +1,6 @@
-"""Renders flow.html (a mock Discord thread) to flow.png for the README, with headless Chromium.
+"""Renders discord-flow.html (a mock Discord thread) to discord-flow.png for the README, with headless Chromium.
 
-`python discord_bot/render_flow.py`; the emoji need a colour emoji font (Debian: fonts-noto-color-emoji)."""
+`python docs/render_flow.py`; the emoji need a colour emoji font (Debian: fonts-noto-color-emoji)."""
 
 from pathlib import Path
 
@@ -14,8 +14,8 @@ def main() -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 980, "height": 400}, device_scale_factor=1)
-        page.goto((HERE / "flow.html").as_uri())
-        page.screenshot(path=str(HERE / "flow.png"), full_page=True)
+        page.goto((HERE / "discord-flow.html").as_uri())
+        page.screenshot(path=str(HERE / "discord-flow.png"), full_page=True)
         browser.close()
 
 
