@@ -60,7 +60,7 @@ def launch(args, with_bot: bool) -> int:
         print(f"error: {args.config}: {error}", file=sys.stderr)
         return 2
     try:
-        check_files("generate")  # TEMP(C): settings.reply_mode once models/chandler-selector ships
+        check_files(settings.reply_mode)  # quote and blend need the selector and its line index
     except SelectorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
