@@ -144,7 +144,7 @@ def serve_app(redis_server):
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         overrides = {"adapter": "none", "max_new_tokens": 6, "context_turns": 12, "context_ttl_s": 3600, "torch_threads": 1,
-                     "request_timeout_s": 120}
+                     "request_timeout_s": 120, "reply_mode": "generate"}  # the policy's own tests: test_character_policy.py
         two_ingresses = {"ChatIngress": {"num_replicas": 2}}  # as on the cluster: channel state must live in Redis
         url = start("127.0.0.1", free_port(), overrides=overrides, deployment_overrides=two_ingresses)
         yield url.rstrip("/")
