@@ -154,12 +154,29 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
             file.write(json.dumps({"id": pair_id, **pair}, ensure_ascii=False) + "\n")
     (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
     (out / "examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False) + "\n")
+    write_examples(out, examples)
     quotes = sum(e["blend_source"]["kind"] == "quote" for e in examples)
     summary = {"pairs": len(pairs), "conversations": len(conversations), "blend_quotes": quotes,
                "blend_generated": len(examples) - quotes, "policy_choose_ms_per_conversation_batched": round(choose_ms, 1),
                "generations_per_conversation": n}
     (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def write_examples(out: Path, examples: list[dict], per_kind: int = 10) -> None:
+    """`examples.md`: the first `per_kind` held-out and everyday conversations (fixed order, not picked)."""
+    blocks = []
+    for kind in ("held-out", "everyday"):
+        for example in [e for e in examples if e["kind"] == kind][:per_kind]:
+            source = example["blend_source"]
+            tag = f" (quote, S{source['season']}E{source['episode']})" if source["kind"] == "quote" else " (generated)"
+            rows = [f"> {line}" for line in example["context"][-3:]]
+            rows += [f"- **blend**{tag}: {example['blend']}", f"- generate: {example['generate']}",
+                     f"- naive quote: {example['naive quote']}"]
+            if "real line" in example:
+                rows.append(f"- real line: {example['real line']}")
+            blocks.append(f"**{kind}**\n\n" + "\n".join(rows))
+    (out / "examples.md").write_text("# Blind comparison: 20 examples\n\n" + "\n\n".join(blocks) + "\n")
 
 
 def score(out: Path) -> dict:
