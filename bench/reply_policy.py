@@ -1,0 +1,53 @@
+"""Latency that the reply policy adds: one conversation at a time, generate vs quote vs blend.
+
+    python bench/reply_policy.py [--repeats 3] [--max-new-tokens 40] [--threads 2]
+
+Each mode answers the same everyday messages (one request each, as a single user would); the
+time is the wall time of `serve.character.policy.respond`, engine included. Modes run interleaved
+in one process so that a busy machine slows all of them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+MESSAGES = ["How was work today?", "I think I'm going to ask her out tonight.", "My flight got cancelled."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/reply_policy.json"))
+    args = parser.parse_args()
+    import torch
+
+    from serve.character.policy import MODES, ReplyPolicy, respond
+    from serve.engine import Sampling, load_engine
+
+    torch.set_num_threads(args.threads)
+    engine = load_engine()
+    policies = {mode: ReplyPolicy(mode) for mode in MODES}
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, seed=0)
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    respond(engine, policies["blend"], [[{"speaker": "Alex", "text": "Hi!"}]], sampling)  # warm-up
+    for _ in range(args.repeats):
+        for message in MESSAGES:
+            for mode, policy in policies.items():
+                started = time.perf_counter()
+                respond(engine, policy, [[{"speaker": "Alex", "text": message}]], sampling)
+                times[mode].append(time.perf_counter() - started)
+    result = {mode: {"median_s": round(statistics.median(t), 3), "requests": len(t)} for mode, t in times.items()}
+    result["engine"] = type(engine).__name__
+    result["max_new_tokens"] = args.max_new_tokens
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
