@@ -130,6 +130,7 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     config = settings["config"]
     stopped = settings.get("stopped")
     schedule = f"{config['epochs']} epochs" + (f" planned, stopped {stopped}" if stopped else "")
+    schedule += f" ({settings['trained']})" if settings.get("trained") else ""
     rows = "\n".join(
         f"| {name} | {value['R10@1']:.3f} | {value['R100@1']:.3f} |" if isinstance(value, dict) else f"| {name} | {value} | |"
         for name, value in metrics["test"].items()
