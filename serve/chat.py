@@ -50,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
     if args.best_of < 1:
         return _fail("--best-of must be at least 1")
     from serve.character.style import StyleModelError, StyleScorer
+    from serve.engine import load_engine
 
+    _quiet()
     try:
         policy = ReplyPolicy(args.reply_mode)  # before the engine: a missing selector or index fails at once
-        engine = _load(args)
+        engine = load_engine(args.engine, args.base_model, args.adapter, args.quantization, args.device)
         if args.best_of > 1:
             engine.scorer = StyleScorer()  # loaded now, so that a missing classifier fails at start
     except (ModelLoadError, StyleModelError, SelectorError) as error:
@@ -114,8 +116,8 @@ def chat_loop(engine, sampling, name: str, policy: ReplyPolicy) -> int:
         turns.append({"speaker": CHARACTER, "text": "".join(pieces)})
 
 
-def _load(args: argparse.Namespace):
-    """The engine, quietly: no progress bars or library deprecation notices in a terminal chat."""
+def _quiet() -> None:
+    """No progress bars or library deprecation notices in a terminal chat (the selector and the engine load quietly)."""
     import os
     import warnings
 
@@ -124,11 +126,8 @@ def _load(args: argparse.Namespace):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from transformers.utils import logging as hf_logging
 
-    from serve.engine import load_engine
-
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    return load_engine(args.engine, args.base_model, args.adapter, args.quantization, args.device)
 
 
 def _fail(message: str) -> int:

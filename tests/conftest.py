@@ -141,7 +141,7 @@ def serve_app(redis_server):
         del os.environ[name]  # the developer's own settings must not leak in
     os.environ.update(REDIS_URL=redis_server.url, CHANDLER_API_KEY=SERVE_API_KEY, CHANDLER_FEEDBACK_SALT=FEEDBACK_SALT,
                       RAY_USAGE_STATS_ENABLED="0")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)  # replica logs stay in Ray's log files, out of other tests' captured output
     try:
         overrides = {"adapter": "none", "max_new_tokens": 6, "context_turns": 12, "context_ttl_s": 3600, "torch_threads": 1,
                      "request_timeout_s": 120, "reply_mode": "generate"}  # the policy's own tests: test_character_policy.py
