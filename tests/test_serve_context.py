@@ -114,6 +114,21 @@ async def test_redis_feedback_stream_is_capped_and_malformed_turns_skipped(redis
         await store.close()
 
 
+async def test_the_first_exchange_after_a_redis_restart_is_stored(redis_db, redis_server):
+    """The pool's connection died with the old server: the client retries on a new one instead of
+    failing the exchange (which would then be answered but not stored)."""
+    store = RedisContext(redis_server.url, max_turns=10, ttl_s=60)
+    await store.ping()
+    redis_server.stop()
+    redis_server.start()  # same port, empty
+    try:
+        ticket, _ = await store.open("c-restart")
+        assert await store.commit("c-restart", ticket, exchange(1)) == COMMITTED
+        assert [t["text"] for t in await store.get("c-restart")] == ["q1", "a1"]
+    finally:
+        await store.close()
+
+
 async def test_redis_down_raises_for_the_caller_to_handle():
     from redis.exceptions import ConnectionError
 

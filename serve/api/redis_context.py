@@ -70,10 +70,15 @@ class RedisContext:
 
     def __init__(self, url: str, max_turns: int, ttl_s: int, feedback_max: int = 100_000, timeout_s: float = 2.0) -> None:
         import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import ExponentialBackoff
 
         self.max_turns, self.ttl_s, self.feedback_max = max_turns, ttl_s, feedback_max
+        # Two quick retries: after a Redis restart the first command meets a dead pooled connection,
+        # and without a retry that exchange would be answered but not stored.
         self.client = redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=10, decode_responses=True
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=10, decode_responses=True,
+            retry=Retry(ExponentialBackoff(), 2),
         )
         self.commit_script = self.client.register_script(COMMIT)
         self.release_script = self.client.register_script(RELEASE)
