@@ -57,6 +57,7 @@ async def test_blend_sends_his_real_line_with_its_episode_and_never_twice(monkey
 
     first = await model.generate(turns, sampling)
     assert first["source"]["kind"] == "quote" and first["source"]["season"] >= 1 and first["source"]["episode"] >= 1
+    assert first["completion_tokens"] > sampling["max_new_tokens"] and first["finish_reason"] == "stop"  # a whole line, not cut
     said = turns + [{"speaker": "Chandler", "text": first["text"]}, {"speaker": "Joey", "text": turns[0]["text"]}]
     again = await model.generate(said, sampling)
     assert again["text"] != first["text"]

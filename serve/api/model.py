@@ -136,12 +136,13 @@ class ChandlerModel:
     def _generate(self, conversations: list[list[dict[str, str]]], sampling) -> list[dict[str, Any]]:
         """The engine's replies as the API reports them: `completion_tokens` are the tokens of the
         reply as sent (as for a stream); `finish_reason` is `length` when the engine hit the cap;
-        `source` says whether the reply policy sent a real line of the show or a generated one."""
+        `source` says whether the reply policy sent a real line of the show (never cut: `stop`) or a generated one."""
         from serve.character.policy import respond
 
         return [
             {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": self.engine.count_tokens(reply.text),
-             "finish_reason": "length" if reply.completion_tokens >= sampling.max_new_tokens else "stop", "source": source}
+             "finish_reason": "length" if source["kind"] == "generated" and reply.completion_tokens >= sampling.max_new_tokens else "stop",
+             "source": source}
             for reply, source in respond(self.engine, self.policy, conversations, sampling)
         ]
 
