@@ -31,8 +31,6 @@ from serve.settings import AppArgs, load
 
 log = logging.getLogger("ray.serve.chandler")
 
-GENERATED = {"kind": "generated"}
-
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
 @serve.ingress(api)
@@ -138,7 +136,7 @@ class ChatIngress:
                 return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
             result = await self.model.reply(turns, self.sampling(), deadline)
             answer = {"reply": result["text"], "usage": {k: result[k] for k in ("prompt_tokens", "completion_tokens")},
-                      "source": result.get("source") or GENERATED}
+                      "source": result["source"]}
             answer, ticket = await self.exchange.commit(channel, ticket, commit, answer, deadline), None
             return JSONResponse(answer)
         finally:
@@ -146,14 +144,14 @@ class ChatIngress:
 
     async def chat_events(self, channel, ticket, commit: Commit, pieces, deadline: float):
         """`{"delta"}` events, then `{"reply", "usage", "source"}` once committed, then `[DONE]`."""
-        text, usage, source = "", None, GENERATED
+        text, usage, source = "", None, None
         try:
             async for item in pieces:
                 if "delta" in item:
                     text += item["delta"]
                     yield sse({"delta": item["delta"]})
                 elif "usage" in item:
-                    usage, source = item["usage"], item.get("source") or source
+                    usage, source = item["usage"], item["source"]
                 else:
                     yield sse(item)
                     return

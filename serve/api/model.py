@@ -147,8 +147,9 @@ class ChandlerModel:
         ]
 
     async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
-        """`{"delta": text}` pieces, then `{"usage": {...}}`. The engine runs in a thread; a
-        reader that goes away stops it at the next piece."""
+        """`{"delta": text}` pieces, then `{"usage", "finish_reason", "source"}`. The engine runs in a
+        thread; a reader that goes away stops it at the next piece."""
+        from serve.character.policy import GENERATED
         from serve.engine import Sampling
 
         if self.policy.mode != "generate":  # the policy chooses among whole candidates: one piece
@@ -190,4 +191,4 @@ class ChandlerModel:
         prompt_tokens = len(await asyncio.to_thread(self.engine.prompt_ids, turns))
         completion_tokens = self.engine.count_tokens(text)
         yield {"usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens},
-               "finish_reason": "length" if completion_tokens >= sampling["max_new_tokens"] else "stop"}
+               "finish_reason": "length" if completion_tokens >= sampling["max_new_tokens"] else "stop", "source": dict(GENERATED)}
