@@ -21,6 +21,7 @@ LINES = [
     ("I'm in data processing, and no, I don't know what that means either.", "What do you do for work?", 3, 5),
     ("A dog? I can barely keep a cactus alive.", "We should get a puppy.", 4, 1),
     ("Yeah.", "Is your job boring?", 4, 2),
+    ("Ross is getting a dog? The dog should get a lawyer.", "Ross wants a dog too.", 4, 3),
 ]
 JOB = [{"speaker": "Alex", "text": "So what is your job exactly?"}]
 
@@ -75,12 +76,25 @@ def test_retrieval_finds_the_line_that_answers_and_skips_short_ones(selector_fol
     selector = Selector(selector_folder)
     index = LineIndex(lines_folder, selector)
     gym_message = [{"speaker": "Alex", "text": "I finally went back to the gym today."}]
-    top, gym = index.top(selector.conversations([JOB, gym_message]), k=10, exclude=[[], []])
+    top, gym = index.top(selector.conversations([JOB, gym_message]), k=10, conversations=[JOB, gym_message])
     assert top[0].text.startswith("I'm in data processing")
     assert (top[0].season, top[0].episode) == (3, 5)
     assert "Yeah." not in [line.text for line in top]  # under 3 words: never quoted
     assert [line.score for line in top] == sorted((line.score for line in top), reverse=True)
     assert "gym" in gym[0].text
+
+
+def test_a_line_naming_someone_is_quoted_only_where_they_are(selector_folder, lines_folder):
+    selector = Selector(selector_folder)
+    index = LineIndex(lines_folder, selector)
+    alone = [{"speaker": "Alex", "text": "Ross is getting a dog."}]
+    with_ross = [{"speaker": "Ross", "text": "I'm getting a dog."}]
+    strangers = [{"speaker": "Alex", "text": "My brother is getting a dog."}]
+    found = index.top(selector.conversations([alone, with_ross, strangers]), k=10, conversations=[alone, with_ross, strangers])
+    named = "Ross is getting a dog? The dog should get a lawyer."
+    assert named in [line.text for line in found[0]] and named in [line.text for line in found[1]]
+    assert named not in [line.text for line in found[2]]
+    assert "A dog? I can barely keep a cactus alive." in [line.text for line in found[2]]
 
 
 def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):

@@ -5,22 +5,31 @@ episode), `vectors.safetensors` (fp16: `selector`, the selector's embedding of e
 `message`, the untuned encoder's, for the selector's message term) and `index.json` (the id of the
 selector that built it: an index built by another selector is refused, its vectors would mean
 nothing to this one).
+
+A line that names someone (`Does Ross know?`) is quoted only in a conversation where that person
+appears, as a speaker or in a turn: otherwise it answers a story the user is not in.
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data.dialogue import CHARACTER, Turn
 from serve.character.selector import Selector, SelectorError, Vectors
 from serve.character.style import embed
 
 DEFAULT_LINES = Path(__file__).resolve().parents[2] / "models" / "chandler-lines"
 MIN_QUOTE_WORDS = 3  # shorter lines ("Yeah.", "What?") fit everything and say nothing
 LINES, VECTORS, META = "lines.jsonl", "vectors.safetensors", "index.json"
+NAME_MIN_TURNS = 3  # a speaker with fewer turns in the index's conversations is not a known person
+NAME_CAPITALISED = 5  # `Ross` is written capitalised far more often than `ross`; `Will` is not
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,22 @@ class Line:
 
 def normalized(text: str) -> str:
     return " ".join(text.lower().split())
+
+
+def person_names(records: Sequence[dict]) -> frozenset[str]:
+    """The people Chandler's lines may mention: the speakers of the indexed conversations whose
+    name is mostly written capitalised (`Ross`, not `The Interviewer` or `Will`), Chandler left out."""
+    speakers = Counter(turn["speaker"] for record in records for turn in record["context"])
+    words = Counter(word for record in records for text in (record["reply"], *(turn["text"] for turn in record["context"]))
+                    for word in _WORD.findall(text))
+    return frozenset(name for name, turns in speakers.items()
+                     if turns >= NAME_MIN_TURNS and name.isalpha() and name[0].isupper() and name != CHARACTER
+                     and words[name] > NAME_CAPITALISED * words[name.lower()])
+
+
+def people_in(turns: Sequence[Turn]) -> set[str]:
+    """Everyone a conversation has in it: its speakers and the words of its turns."""
+    return {turn["speaker"] for turn in turns} | {word for turn in turns for word in _WORD.findall(turn["text"])}
 
 
 def write_index(records: Sequence[dict], selector: Selector, out: Path, note: str = "") -> dict:
@@ -83,16 +108,20 @@ class LineIndex:
         self.vectors = Vectors(vectors["selector"].astype(np.float32), vectors["message"].astype(np.float32))
         self.quotable = np.array([len(line.text.split()) >= MIN_QUOTE_WORDS for line in self.lines])
         self.keys = [normalized(line.text) for line in self.lines]
+        names = person_names(records)
+        self.mentions = [frozenset(_WORD.findall(line.text)) & names for line in self.lines]
 
-    def top(self, conversations: Vectors, k: int, exclude: Sequence[Iterable[str]]) -> list[list[Line]]:
-        """For each conversation, its k best quotable lines, none of them in its `exclude` (texts already said)."""
-        scores = self.selector.score(conversations, self.vectors)
-        return [self._best(row, k, {normalized(text) for text in said}) for row, said in zip(scores, exclude)]
+    def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
+        """For each conversation (`vectors` are its selector vectors), its k best quotable lines:
+        none already said in it, none naming someone who is not in it."""
+        scores = self.selector.score(vectors, self.vectors)
+        return [self._best(row, k, {normalized(turn["text"]) for turn in turns}, people_in(turns))
+                for row, turns in zip(scores, conversations)]
 
-    def _best(self, scores: np.ndarray, k: int, said: set[str]) -> list[Line]:
+    def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str]) -> list[Line]:
         best: list[Line] = []
         for i in np.argsort(-scores):
-            if self.quotable[i] and self.keys[i] not in said:
+            if self.quotable[i] and self.keys[i] not in said and self.mentions[i] <= people:
                 said.add(self.keys[i])  # the same line from two episodes counts once
                 line = self.lines[i]
                 best.append(Line(line.text, line.season, line.episode, float(scores[i])))

@@ -77,7 +77,7 @@ class ReplyPolicy:
         if self.mode == "generate":
             return [Choice(group[0] if group else (raw[0] if raw else "")) for group, raw in zip(fresh, generated)]
         conversation_vectors = self.selector.conversations(conversations)
-        lines = self.index.top(conversation_vectors, self.top_k, said)
+        lines = self.index.top(conversation_vectors, self.top_k, conversations)
         flat = [text for group in fresh for text in group]
         scores = self.selector.score(conversation_vectors, self.selector.replies(flat)) if flat else None
         choices, start = [], 0
