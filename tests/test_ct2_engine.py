@@ -50,6 +50,19 @@ def test_greedy_float32_gives_the_torch_engines_tokens(torch_adapter_engine, ct2
     assert len({reply.text for reply in expected}) > 3
 
 
+def test_reply_log_probs_are_the_torch_models_own(torch_adapter_engine, ct2_float32):
+    turns, reply = CONVERSATIONS[-1], "I was framed by the cookie."
+    log_probs, = ct2_float32.reply_log_probs([turns], [reply])
+    tokenizer = torch_adapter_engine.tokenizer
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([torch_adapter_engine.prompt_ids(turns) + reply_ids])
+    with torch.no_grad():
+        logits = torch_adapter_engine.model(input_ids=ids).logits[0, -len(reply_ids) - 1 : -1]
+    expected = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(reply_ids)[:, None])[:, 0]
+    assert len(log_probs) == len(reply_ids)
+    assert torch.allclose(torch.tensor(log_probs), expected, atol=1e-2)
+
+
 def test_int8_replies_are_clean(ct2_int8):
     # int8 activations are quantized per batch, so a reply may differ a little from the one-by-one reply.
     sampling = Sampling(temperature=0, max_new_tokens=16)

@@ -10,6 +10,9 @@ Methods, all on the same draws:
 - untuned encoder, the selector's context text against the reply;
 - retrieval by similar context: the replies that followed the 5 training conversations most like
   this one (untuned cosine of context texts), averaged; candidates scored by cosine to that mean;
+- the adapter LM (the shipped engine, ct2): the reply's mean log-prob per token after the
+  conversation's prompt, and its PMI (summed log-prob after the conversation minus after a neutral
+  one), on the first `LM_PAIRS` pairs: 109 candidates each, the LM is the slow part;
 - the tuned selector (context text against the reply), and the tuned selector plus
   `message_weight` × the untuned message–reply cosine, the weight fitted on validation episodes.
 
@@ -33,7 +36,8 @@ SIZES = (10, 100)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 THRESHOLD_PERCENTILE = 25
 NEIGHBOURS = 5
-ADAPTER_LOGPROB = "not measured (about an hour of the 135M LM on 2 shared cores)"
+LM_PAIRS = 50
+NEUTRAL_TURNS = [{"speaker": "Someone", "text": "..."}]  # "no conversation", for the PMI's prior
 
 
 def distractor_draws(replies: list[str], sizes: tuple[int, ...] = SIZES, seed: int = 0) -> dict[int, np.ndarray]:
@@ -66,6 +70,26 @@ def similar_context_scores(contexts: np.ndarray, replies: np.ndarray, train_cont
     return expected @ replies.T
 
 
+def adapter_lm_scores(records: list[dict], draws: dict[int, np.ndarray], limit: int) -> dict[str, np.ndarray]:
+    """The adapter LM's scores of the candidates of the first `limit` pairs: (limit × n) matrices
+    of mean log-prob per reply token and of PMI, -inf where a reply is not a candidate."""
+    from serve.engine.ct2_engine import Ct2Engine
+
+    engine = Ct2Engine()
+    texts = [record["reply"] for record in records]
+    needed = sorted({(i, int(j)) for i in range(limit) for j in (i, *(j for rows in draws.values() for j in rows[i]))})
+    conditional = engine.reply_log_probs([records[i]["context"] for i, _ in needed], [texts[j] for _, j in needed])
+    replies = sorted({j for _, j in needed})
+    neutral = engine.reply_log_probs([NEUTRAL_TURNS] * len(replies), [texts[j] for j in replies])
+    prior = {j: float(np.sum(log_probs)) for j, log_probs in zip(replies, neutral)}
+    mean = np.full((limit, len(records)), -np.inf)
+    pmi = mean.copy()
+    for (i, j), log_probs in zip(needed, conditional):
+        mean[i, j] = np.mean(log_probs)
+        pmi[i, j] = np.sum(log_probs) - prior[j]
+    return {"mean log-prob per reply token": mean, "PMI": pmi}
+
+
 class SplitScores:
     """Score matrices of one split for the untuned encoder and the selector."""
 
@@ -87,7 +111,7 @@ def fit_message_weight(validation: SplitScores, draws: dict[int, np.ndarray]) ->
     return best, {str(weight): recall for weight, recall in by_weight.items()}
 
 
-def report_selector(data: Path, folder: Path, seed: int = 0) -> dict:
+def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_PAIRS) -> dict:
     """Test-episode recall of the selector and the baselines; writes metrics.json, the threshold
     and message weight into the selector's settings, the learning curve and the card."""
     selector = Selector(folder)
@@ -96,10 +120,14 @@ def report_selector(data: Path, folder: Path, seed: int = 0) -> dict:
     val_draws, test_draws = distractor_draws(val_scores.replies, seed=seed), distractor_draws(test_scores.replies, seed=seed)
     weight, by_weight = fit_message_weight(val_scores, val_draws)
     threshold = float(np.percentile(np.diag(val_scores.combined(weight)), THRESHOLD_PERCENTILE))
+    settings = json.loads((folder / SETTINGS).read_text())
+    settings.update(message_weight=weight, threshold=round(threshold, 4), threshold_percentile=THRESHOLD_PERCENTILE)
+    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")  # the selector is usable from here on
     train_contexts = embed([context_text(record["context"]) for record in train])
     train_replies = embed([record["reply"] for record in train])
     rng = np.random.default_rng(seed)
     n = len(test_scores.replies)
+    first_draws = {size: rows[:lm_pairs] for size, rows in test_draws.items()}
     methods = {
         "random": recall_at_1(rng.random((n, n)), test_draws),
         "untuned encoder, message–reply cosine": recall_at_1(test_scores.message_reply, test_draws),
@@ -108,13 +136,12 @@ def report_selector(data: Path, folder: Path, seed: int = 0) -> dict:
         f"retrieval by similar context ({NEIGHBOURS} nearest training conversations)": recall_at_1(
             similar_context_scores(test_scores.untuned_context, test_scores.untuned_reply, train_contexts, train_replies),
             test_draws),
-        "adapter LM, mean log-prob per reply token": ADAPTER_LOGPROB,
+        **{f"adapter LM, {name} (first {lm_pairs} pairs)": recall_at_1(scores, first_draws)
+           for name, scores in adapter_lm_scores(test, test_draws, lm_pairs).items()},
+        f"selector (tuned), the same first {lm_pairs} pairs": recall_at_1(test_scores.tuned[:lm_pairs], first_draws),
         "selector (tuned), context text–reply cosine": recall_at_1(test_scores.tuned, test_draws),
         f"selector + {weight} × untuned message–reply cosine (shipped)": recall_at_1(test_scores.combined(weight), test_draws),
     }
-    settings = json.loads((folder / SETTINGS).read_text())
-    settings.update(message_weight=weight, threshold=round(threshold, 4), threshold_percentile=THRESHOLD_PERCENTILE)
-    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     metrics = {"test_pairs": n, "validation_pairs": len(val_scores.replies), "test": methods,
                "validation_by_message_weight": by_weight, "message_weight": weight, "threshold": settings["threshold"],
                "goal": {"R10@1": 0.55, "R100@1": 0.30}}
@@ -131,6 +158,8 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     stopped = settings.get("stopped")
     schedule = f"{config['epochs']} epochs" + (f" planned, stopped {stopped}" if stopped else "")
     schedule += f" ({settings['trained']})" if settings.get("trained") else ""
+    others = (f" and the other five friends' answers in the same train episodes ({config['others']}, "
+              "`python -m data negatives`)") if config.get("others") else ""
     rows = "\n".join(
         f"| {name} | {value['R10@1']:.3f} | {value['R100@1']:.3f} |" if isinstance(value, dict) else f"| {name} | {value} | |"
         for name, value in metrics["test"].items()
@@ -140,7 +169,7 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
 A dual encoder that scores how well a reply answers a conversation, for the bot's reply policy
 (`serve/character/`). Base: {settings['base']}. Fine-tuned by `python -m train selector` with
 sentence-transformers' `MultipleNegativesRankingLoss` (in-batch negatives, batches without duplicate
-replies) on the {config['data']} train split's (conversation, Chandler reply) pairs:
+replies) on the {config['data']} train split's (conversation, Chandler reply) pairs{others}:
 {schedule}, batch {config['batch_size']}, learning rate {config['learning_rate']},
 max {config['max_seq_length']} tokens, seed {config['seed']}.
 

@@ -99,6 +99,17 @@ class Ct2Engine(EngineBase):
             results = [result.result() for chunk in pending for result in chunk]
         return [self._reply(len(ids), result.sequences_ids[0], sampling.max_new_tokens) for ids, result in zip(prompts, results)]
 
+    def reply_log_probs(self, conversations: Sequence[Sequence[Turn]], replies: Sequence[str], batch_size: int = 32) -> list[list[float]]:
+        """The log-probability of each token of each reply (its end of turn included) after its
+        conversation's prompt, as in training (train/examples.encode); scored in batches."""
+        sequences, lengths = [], []
+        for turns, reply in zip(conversations, replies):
+            reply_ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+            sequences.append(self.tokenizer.convert_ids_to_tokens(self.prompt_ids(turns) + reply_ids))
+            lengths.append(len(reply_ids))
+        results = self.generator.score_batch(sequences, max_batch_size=batch_size)
+        return [result.log_probs[-length:] for result, length in zip(results, lengths)]
+
     def _submit(self, generator, prompts: list[list[int]], sampling: Sampling) -> list:
         rows: list[list[int]] = [[] for _ in prompts]
         decode = self.tokenizer.decode  # not `self`: a worker thread that drops the last reference
