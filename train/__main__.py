@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     selector.add_argument("--epochs", type=float, default=2.0)
     selector.add_argument("--batch-size", type=int, default=64)
     selector.add_argument("--max-seq-length", type=int, default=96)
+    selector.add_argument("--others", type=Path, help="also train on the other friends' answers: a `python -m data negatives` folder")
     selector.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     selector.add_argument("--seed", type=int, default=0)
     lines = commands.add_parser("lines", help="index Chandler's lines with the selector (models/chandler-lines)")
@@ -125,7 +126,7 @@ def run_selector(args: argparse.Namespace) -> None:
     from train.selector import SelectorConfig, train_selector
 
     config = SelectorConfig(data=str(args.data), out=str(args.out), epochs=args.epochs, batch_size=args.batch_size,
-                            max_seq_length=args.max_seq_length, seed=args.seed)
+                            max_seq_length=args.max_seq_length, others=str(args.others) if args.others else None, seed=args.seed)
     print(train_selector(config, resume=args.resume))
 
 

