@@ -186,3 +186,17 @@ def test_blind_scores_count_wins_losses_and_ties(tmp_path):
                                                        "win_rate_ties_half": 0.667}
     assert results["blend vs real line (all)"]["tie"] == 1 and results["blend vs real line (all)"]["win_rate"] == 0.0
     assert "| blend vs generate (everyday) | 2 | 1 | 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_selector_training_takes_the_other_friends_answers_of_train_episodes_only(tmp_path):
+    from train.selector import others_pairs
+
+    rows = {
+        "train": [{"source": "friends", "text": "We were on a break!", "context": [{"speaker": "Rachel", "text": "You slept with her!"}]},
+                  {"source": "friends", "text": "Hi.", "context": []},
+                  {"source": "movie", "text": "I'll be back.", "context": [{"speaker": "", "text": "Bye."}]}],
+        "validation": [{"source": "friends", "text": "Pivot!", "context": [{"speaker": "Ross", "text": "Lift."}]}],
+    }
+    for split, split_rows in rows.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in split_rows))
+    assert others_pairs(tmp_path) == [{"context": rows["train"][0]["context"], "reply": "We were on a break!"}]
