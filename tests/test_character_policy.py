@@ -88,13 +88,25 @@ def test_a_line_naming_someone_is_quoted_only_where_they_are(selector_folder, li
     selector = Selector(selector_folder)
     index = LineIndex(lines_folder, selector)
     alone = [{"speaker": "Alex", "text": "Ross is getting a dog."}]
-    with_ross = [{"speaker": "Ross", "text": "I'm getting a dog."}]
+    with_ross = [{"speaker": "Ross", "text": "I'm getting a dog."}, {"speaker": "Monica", "text": "A dog!"}]
     strangers = [{"speaker": "Alex", "text": "My brother is getting a dog."}]
-    found = index.top(selector.conversations([alone, with_ross, strangers]), k=10, conversations=[alone, with_ross, strangers])
+    to_ross = [{"speaker": "Ross", "text": "I'm getting a dog."}]  # not "Ross is getting a dog?" to Ross himself
+    conversations = [alone, with_ross, strangers, to_ross]
+    found = [[line.text for line in lines] for lines in index.top(selector.conversations(conversations), k=10, conversations=conversations)]
     named = "Ross is getting a dog? The dog should get a lawyer."
-    assert named in [line.text for line in found[0]] and named in [line.text for line in found[1]]
-    assert named not in [line.text for line in found[2]]
-    assert "A dog? I can barely keep a cactus alive." in [line.text for line in found[2]]
+    assert named in found[0] and named in found[1]
+    assert named not in found[2] and named not in found[3]
+    assert "A dog? I can barely keep a cactus alive." in found[2] and "A dog? I can barely keep a cactus alive." in found[3]
+
+
+def test_third_person_is_a_name_not_spoken_to():
+    from serve.character.lines import third_person
+
+    names = frozenset({"Ross", "Monica"})
+    assert third_person("Does Ross know?", names) == {"Ross"}
+    assert third_person("Ross, wait! Monica!", names) == set()
+    assert third_person("Hey Ross.", names) == set()
+    assert third_person("Monica said wedding, Ross.", names) == {"Monica"}
 
 
 def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):

@@ -7,7 +7,8 @@ selector that built it: an index built by another selector is refused, its vecto
 nothing to this one).
 
 A line that names someone (`Does Ross know?`) is quoted only in a conversation where that person
-appears, as a speaker or in a turn: otherwise it answers a story the user is not in.
+appears, as a speaker or in a turn: otherwise it answers a story the user is not in. Nor is a line
+that speaks of the person being answered in the third person sent to them (`Does Ross know?` to Ross).
 """
 from __future__ import annotations
 
@@ -53,6 +54,11 @@ def person_names(records: Sequence[dict]) -> frozenset[str]:
     return frozenset(name for name, turns in speakers.items()
                      if turns >= NAME_MIN_TURNS and name.isalpha() and name[0].isupper() and name != CHARACTER
                      and words[name] > NAME_CAPITALISED * words[name.lower()])
+
+
+def third_person(text: str, names: frozenset[str]) -> frozenset[str]:
+    """The names `text` speaks of rather than to: not followed by punctuation or the end (`Ross, wait!` speaks to Ross)."""
+    return frozenset(name for name in names if re.search(rf"\b{name}\b(?!\s*(?:[,.!?]|$))", text))
 
 
 def people_in(turns: Sequence[Turn]) -> set[str]:
@@ -110,18 +116,21 @@ class LineIndex:
         self.keys = [normalized(line.text) for line in self.lines]
         names = person_names(records)
         self.mentions = [frozenset(_WORD.findall(line.text)) & names for line in self.lines]
+        self.spoken_of = [third_person(line.text, mentions) if mentions else mentions
+                          for line, mentions in zip(self.lines, self.mentions)]
 
     def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
         """For each conversation (`vectors` are its selector vectors), its k best quotable lines:
-        none already said in it, none naming someone who is not in it."""
+        none already said in it, none naming someone who is not in it, none speaking of the person
+        it answers in the third person."""
         scores = self.selector.score(vectors, self.vectors)
-        return [self._best(row, k, {normalized(turn["text"]) for turn in turns}, people_in(turns))
+        return [self._best(row, k, {normalized(turn["text"]) for turn in turns}, people_in(turns), turns[-1]["speaker"] if turns else "")
                 for row, turns in zip(scores, conversations)]
 
-    def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str]) -> list[Line]:
+    def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str) -> list[Line]:
         best: list[Line] = []
         for i in np.argsort(-scores):
-            if self.quotable[i] and self.keys[i] not in said and self.mentions[i] <= people:
+            if self.quotable[i] and self.keys[i] not in said and self.mentions[i] <= people and answered not in self.spoken_of[i]:
                 said.add(self.keys[i])  # the same line from two episodes counts once
                 line = self.lines[i]
                 best.append(Line(line.text, line.season, line.episode, float(scores[i])))
