@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from data.dialogue import CHARACTER, Turn
-from serve.character.lines import Line, LineIndex, normalized
+from serve.character.lines import Line, LineIndex, normalized, said_in
 from serve.character.policy import BLEND_GENERATIONS, ReplyPolicy
 from serve.character.selector import last_message
 from serve.character.style import embed
@@ -106,7 +106,7 @@ def naive_quotes(index: LineIndex, conversations: list[list[Turn]]) -> list[Line
     scores = embed([last_message(turns) for turns in conversations]) @ index.vectors.message.T
     quotes = []
     for row, turns in zip(scores, conversations):
-        said = {normalized(turn["text"]) for turn in turns}
+        said = said_in(turns)
         quotes.append(index.lines[next(i for i in np.argsort(-row) if index.quotable[i] and index.keys[i] not in said)])
     return quotes
 

@@ -77,7 +77,8 @@ def adapter_lm_scores(records: list[dict], draws: dict[int, np.ndarray], limit: 
 
     engine = Ct2Engine()
     texts = [record["reply"] for record in records]
-    needed = sorted({(i, int(j)) for i in range(limit) for j in (i, *(j for rows in draws.values() for j in rows[i]))})
+    candidates = {i: {i, *(int(j) for rows in draws.values() for j in rows[i])} for i in range(limit)}
+    needed = sorted((i, j) for i, replies_of_i in candidates.items() for j in replies_of_i)
     conditional = engine.reply_log_probs([records[i]["context"] for i, _ in needed], [texts[j] for _, j in needed])
     replies = sorted({j for _, j in needed})
     neutral = engine.reply_log_probs([NEUTRAL_TURNS] * len(replies), [texts[j] for j in replies])

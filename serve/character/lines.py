@@ -45,6 +45,11 @@ def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def said_in(turns: Sequence[Turn]) -> set[str]:
+    """What a conversation has already said, as `normalized` texts: never quoted again in it."""
+    return {normalized(turn["text"]) for turn in turns}
+
+
 def person_names(records: Sequence[dict]) -> frozenset[str]:
     """The people Chandler's lines may mention: the speakers of the indexed conversations whose
     name is mostly written capitalised (`Ross`, not `The Interviewer` or `Will`), Chandler left out."""
@@ -116,15 +121,14 @@ class LineIndex:
         self.keys = [normalized(line.text) for line in self.lines]
         names = person_names(records)
         self.mentions = [frozenset(_WORD.findall(line.text)) & names for line in self.lines]
-        self.spoken_of = [third_person(line.text, mentions) if mentions else mentions
-                          for line, mentions in zip(self.lines, self.mentions)]
+        self.spoken_of = [third_person(line.text, mentions) for line, mentions in zip(self.lines, self.mentions)]
 
     def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
         """For each conversation (`vectors` are its selector vectors), its k best quotable lines:
         none already said in it, none naming someone who is not in it, none speaking of the person
         it answers in the third person."""
         scores = self.selector.score(vectors, self.vectors)
-        return [self._best(row, k, {normalized(turn["text"]) for turn in turns}, people_in(turns), turns[-1]["speaker"] if turns else "")
+        return [self._best(row, k, said_in(turns), people_in(turns), turns[-1]["speaker"] if turns else "")
                 for row, turns in zip(scores, conversations)]
 
     def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str) -> list[Line]:

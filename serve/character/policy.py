@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from data.dialogue import Turn
-from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized
+from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized, said_in
 from serve.character.selector import DEFAULT_SELECTOR, Selector, SelectorError, selector_id
 
 MODES = ("generate", "quote", "blend")
@@ -71,7 +71,7 @@ class ReplyPolicy:
     def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]]) -> list[Choice]:
         """The reply for each conversation (its turns including the new message) among its
         `generated` candidates and the index's lines; the encoders run once per batch."""
-        said = [{normalized(turn["text"]) for turn in turns} for turns in conversations]
+        said = [said_in(turns) for turns in conversations]
         fresh = [[text for text in group if text.strip() and normalized(text) not in seen]
                  for group, seen in zip(generated, said)]
         if self.mode == "generate":
