@@ -200,6 +200,19 @@ def test_blind_scores_count_wins_losses_and_ties(tmp_path):
     assert "| blend vs generate (everyday) | 2 | 1 | 0 |" in (tmp_path / "results.md").read_text()
 
 
+def test_blind_scores_name_the_system_under_test_and_examples_go_to_the_system_prompt(tmp_path):
+    from data.dialogue import PERSONA
+    from serve.character.lines import Line
+    from train.blind import examples_persona
+
+    key = {"e0": {"rival": "generate", "kind": "everyday", "system": "generate with examples", "blend": "B"}}
+    (tmp_path / "key.json").write_text(json.dumps(key))
+    (tmp_path / "judgments.jsonl").write_text(json.dumps({"id": "e0", "choice": "B"}) + "\n")
+    assert score(tmp_path)["generate with examples vs generate (all)"]["win"] == 1
+    persona = examples_persona([Line(LINES[0][0], 1, 2), Line(LINES[3][0], 4, 1)])
+    assert persona.startswith(PERSONA) and f"- {LINES[0][0]}" in persona and f"- {LINES[3][0]}" in persona
+
+
 def test_selector_training_takes_the_other_friends_answers_of_train_episodes_only(tmp_path):
     from train.selector import others_pairs
 
@@ -212,3 +225,16 @@ def test_selector_training_takes_the_other_friends_answers_of_train_episodes_onl
     for split, split_rows in rows.items():
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in split_rows))
     assert others_pairs(tmp_path) == [{"context": rows["train"][0]["context"], "reply": "We were on a break!"}]
+
+
+def test_hard_negatives_are_other_replies_near_the_top_for_every_pair(selector_folder):
+    from sentence_transformers import SentenceTransformer
+
+    from train.selector import SelectorConfig, pairs_dataset, with_hard_negatives
+
+    records = [{"context": [{"speaker": "Ross", "text": message}], "reply": reply} for reply, message, _, _ in LINES]
+    model = SentenceTransformer(str(selector_folder), local_files_only=True, device="cpu")
+    mined = with_hard_negatives(pairs_dataset(records), model, SelectorConfig(data="", out="", hard_negatives=1))
+    assert mined.column_names == ["anchor", "positive", "negative_1"] and len(mined) == len(records)
+    replies = {reply for reply, *_ in LINES}
+    assert all(row["negative_1"] in replies and row["negative_1"] != row["positive"] for row in mined)

@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     selector.add_argument("--epochs", type=float, default=2.0)
     selector.add_argument("--batch-size", type=int, default=64)
     selector.add_argument("--max-seq-length", type=int, default=96)
+    selector.add_argument("--learning-rate", type=float, default=5e-5)
+    selector.add_argument("--init", type=Path, help="a selector to continue from (default: the untuned encoder)")
+    selector.add_argument("--hard-negatives", type=int, default=0, help="near misses per pair, mined with the starting model")
+    selector.add_argument("--lm-pairs", type=int, default=50, help="test pairs for the adapter LM baselines (0: skip, ~30 min)")
     selector.add_argument("--others", type=Path, help="also train on the other friends' answers: a `python -m data negatives` folder")
     selector.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     selector.add_argument("--seed", type=int, default=0)
@@ -66,12 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
     lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
     blind = commands.add_parser("blind", help="blind comparison: `make` the pairs for judges, `score` their judgments")
-    blind.add_argument("step", choices=["make", "score"])
+    blind.add_argument("step", choices=["make", "make-examples", "score"])
     blind.add_argument("--data", type=Path, default=Path("build/chandler"))
     blind.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
     blind.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
                        help="an index without the test episodes (`python -m train lines --splits train validation`)")
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
+    blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
+                       help="make-examples: the plain generations that `make` cached")
     export = commands.add_parser("export", help="the merged model (base + adapter) as a GGUF file for llama.cpp / Ollama")
     export.add_argument("--gguf", type=Path, required=True, help="the .gguf file to write")
     export.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one) or 'none'")
@@ -126,7 +132,9 @@ def run_selector(args: argparse.Namespace) -> None:
     from train.selector import SelectorConfig, train_selector
 
     config = SelectorConfig(data=str(args.data), out=str(args.out), epochs=args.epochs, batch_size=args.batch_size,
-                            max_seq_length=args.max_seq_length, others=str(args.others) if args.others else None, seed=args.seed)
+                            learning_rate=args.learning_rate, max_seq_length=args.max_seq_length,
+                            others=str(args.others) if args.others else None, init=str(args.init) if args.init else None,
+                            hard_negatives=args.hard_negatives, lm_pairs=args.lm_pairs, seed=args.seed)
     print(train_selector(config, resume=args.resume))
 
 
@@ -137,9 +145,14 @@ def run_lines(args: argparse.Namespace) -> None:
 
 
 def run_blind(args: argparse.Namespace) -> None:
-    from train.blind import make_pairs, score
+    from train.blind import make_example_pairs, make_pairs, score
 
-    print(make_pairs(args.data, args.selector, args.lines, args.out) if args.step == "make" else score(args.out))
+    if args.step == "make":
+        print(make_pairs(args.data, args.selector, args.lines, args.out))
+    elif args.step == "make-examples":
+        print(make_example_pairs(args.data, args.selector, args.lines, args.out, args.plain))
+    else:
+        print(score(args.out))
 
 
 def run_export(args: argparse.Namespace) -> None:

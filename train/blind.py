@@ -8,8 +8,14 @@ MiniLM embedding is closest to the last message) and, held-out only, Chandler's 
 blend–generate, blend–naive, blend–real go to `pairs.jsonl` (fields id, context, A, B) with the
 sides shuffled and no sources; which side is which goes to `key.json`.
 
+`make-examples`: the same conversations, one generation with the index's top `EXAMPLES` lines for
+the conversation shown to the generator as examples (in its system prompt) against the plain
+generation that `make` compared (the first of its cached candidates); the key's `system` names the
+side under test, and `copies` in `made.json` counts generations that repeat an example word for word.
+
 `score`: reads `judgments.jsonl` (`{"id", "choice": "A" | "B" | "tie"}`) and writes the win rates
-of blend against each rival, with counts, to `results.json` and `results.md`.
+of the system under test (blend, or the key's `system`; its side is the key's `blend` field)
+against each rival, with counts, to `results.json` and `results.md`.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.dialogue import CHARACTER, Turn
+from data.dialogue import CHARACTER, PERSONA, Turn
 from serve.character.lines import Line, LineIndex, normalized, said_in
 from serve.character.policy import BLEND_GENERATIONS, ReplyPolicy
 from serve.character.selector import last_message
@@ -31,6 +37,7 @@ from train.examples import TrainDataError, read_split
 
 log = logging.getLogger(__name__)
 HELD_OUT = 100
+EXAMPLES = 3  # retrieved lines shown to the generator by `make-examples`
 SENDER = "Alex"  # who says the everyday messages
 EVERYDAY = [
     "I went to the gym for the first time in a year.",
@@ -163,6 +170,61 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
     return summary
 
 
+def examples_persona(lines: list[Line]) -> str:
+    return PERSONA + " Lines you have said in situations like this:\n" + "\n".join(f"- {line.text}" for line in lines)
+
+
+def example_generations(conversations: list[dict], policy: ReplyPolicy, max_new_tokens: int, seed: int = 0) -> list[str]:
+    """One sampled generation per conversation, its top EXAMPLES lines in the system prompt."""
+    from serve.engine import Engine, Sampling
+
+    turns = [c["turns"] for c in conversations]
+    found = policy.index.top(policy.selector.conversations(turns), EXAMPLES, turns)
+    engine = Engine(device="cpu")
+    sampling = replace(Sampling(), max_new_tokens=max_new_tokens, seed=seed)
+    replies = []
+    for conversation, lines in zip(turns, found):
+        engine.persona = examples_persona(lines)  # one conversation per call: the persona is the engine's
+        replies.append(engine.generate([conversation], sampling)[0].text)
+    return replies
+
+
+def make_example_pairs(data: Path, selector: Path, lines: Path, out: Path, plain: Path,
+                       max_new_tokens: int = 40, seed: int = 0) -> dict:
+    """Pairs of generate-with-examples vs plain generate (`plain`: the `generations.json` of `make`)."""
+    conversations = blind_conversations(data, seed)
+    if not plain.is_file():
+        raise TrainDataError(f"{plain}: no cached generations; run `python -m train blind make` first")
+    generated = [group[0] for group in json.loads(plain.read_text())["replies"]]
+    policy = ReplyPolicy("quote", selector, lines)
+    check_held_out(policy.index, conversations)
+    turns = [c["turns"] for c in conversations]
+    shown = policy.index.top(policy.selector.conversations(turns), EXAMPLES, turns)
+    with_examples = example_generations(conversations, policy, max_new_tokens, seed)
+    rng = random.Random(seed)
+    pairs, key = [], {}
+    for number, (conversation, plain_text, text) in enumerate(zip(conversations, generated, with_examples)):
+        first = rng.random() < 0.5
+        pairs.append({"context": context_lines(conversation["turns"]), "A": text if first else plain_text,
+                      "B": plain_text if first else text,
+                      "key": {"conversation": number, "kind": conversation["kind"], "rival": "generate",
+                              "system": "generate with examples", "blend": "A" if first else "B",
+                              "identical": normalized(text) == normalized(plain_text)}})
+    rng.shuffle(pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "pairs.jsonl", "w", encoding="utf-8") as file:
+        for number, pair in enumerate(pairs):
+            key[f"e{number:03d}"] = pair.pop("key")
+            file.write(json.dumps({"id": f"e{number:03d}", **pair}, ensure_ascii=False) + "\n")
+    (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
+    (out / "generations.json").write_text(json.dumps({"examples": [[line.text for line in lines] for lines in shown],
+                                                      "replies": with_examples}, indent=1, ensure_ascii=False) + "\n")
+    copies = sum(normalized(text) in {normalized(line.text) for line in lines} for text, lines in zip(with_examples, shown))
+    summary = {"pairs": len(pairs), "examples_per_conversation": EXAMPLES, "copies": copies}
+    (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 def write_examples(out: Path, examples: list[dict], per_kind: int = 10) -> None:
     """`examples.md`: the first `per_kind` held-out and everyday conversations (fixed order, not picked)."""
     blocks = []
@@ -189,9 +251,9 @@ def score(out: Path) -> dict:
         entry = key.get(judgment.get("id"))
         if entry is None or judgment.get("choice") not in ("A", "B", "tie"):
             raise TrainDataError(f"{out / 'judgments.jsonl'}: bad judgment {judgment}")
-        group = f"blend vs {entry['rival']} ({entry['kind']})"
+        system = entry.get("system", "blend")
         outcome = "tie" if judgment["choice"] == "tie" else "win" if judgment["choice"] == entry["blend"] else "loss"
-        for name in (group, f"blend vs {entry['rival']} (all)"):
+        for name in (f"{system} vs {entry['rival']} ({entry['kind']})", f"{system} vs {entry['rival']} (all)"):
             tally = tallies.setdefault(name, {"win": 0, "loss": 0, "tie": 0})
             tally[outcome] += 1
     results = {name: {**t, "judged": sum(t.values()), "win_rate": round(t["win"] / sum(t.values()), 3),
@@ -200,6 +262,6 @@ def score(out: Path) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     rows = "\n".join(f"| {name} | {r['win']} | {r['loss']} | {r['tie']} | {r['win_rate']:.2f} | {r['win_rate_ties_half']:.2f} |"
                      for name, r in results.items())
-    (out / "results.md").write_text("| comparison | blend wins | loses | ties | win rate | win rate (ties ½) |\n"
+    (out / "results.md").write_text("| comparison | wins | losses | ties | win rate | win rate (ties ½) |\n"
                                     "| --- | --- | --- | --- | --- | --- |\n" + rows + "\n")
     return results

