@@ -211,6 +211,10 @@ def test_blind_scores_name_the_system_under_test_and_examples_go_to_the_system_p
     assert score(tmp_path)["generate with examples vs generate (all)"]["win"] == 1
     persona = examples_persona([Line(LINES[0][0], 1, 2), Line(LINES[3][0], 4, 1)])
     assert persona.startswith(PERSONA) and f"- {LINES[0][0]}" in persona and f"- {LINES[3][0]}" in persona
+    run = subprocess.run([sys.executable, "-m", "train", "blind", "make-examples", "--plain", str(tmp_path / "none.json"),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "no cached generations" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_selector_training_takes_the_other_friends_answers_of_train_episodes_only(tmp_path):

@@ -118,6 +118,26 @@ def naive_quotes(index: LineIndex, conversations: list[list[Turn]]) -> list[Line
     return quotes
 
 
+def blind_pair(context: list[str], system_text: str, rival_text: str, rng: random.Random, key: dict) -> dict:
+    """One pair, its sides drawn at random; its key says which side is the system under test (`blend`)."""
+    first = rng.random() < 0.5
+    return {"context": context, "A": system_text if first else rival_text, "B": rival_text if first else system_text,
+            "key": {**key, "blend": "A" if first else "B", "identical": normalized(system_text) == normalized(rival_text)}}
+
+
+def write_pairs(out: Path, pairs: list[dict], rng: random.Random, prefix: str) -> None:
+    """`pairs.jsonl` for the judges, shuffled and without sources, and `key.json` beside it."""
+    rng.shuffle(pairs)
+    out.mkdir(parents=True, exist_ok=True)
+    key = {}
+    with open(out / "pairs.jsonl", "w", encoding="utf-8") as file:
+        for number, pair in enumerate(pairs):
+            pair_id = f"{prefix}{number:03d}"
+            key[pair_id] = pair.pop("key")
+            file.write(json.dumps({"id": pair_id, **pair}, ensure_ascii=False) + "\n")
+    (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
+
+
 def check_held_out(index: LineIndex, conversations: list[dict]) -> None:
     indexed = {(line.season, line.episode) for line in index.lines}
     leaked = {(c["season"], c["episode"]) for c in conversations if c["kind"] == "held-out"} & indexed
@@ -133,7 +153,7 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
     policy = ReplyPolicy("blend", selector, lines)
     check_held_out(policy.index, conversations)
     rng = random.Random(seed)
-    pairs, key, examples = [], {}, []
+    pairs, examples = [], []
     started = time.perf_counter()
     blends = policy.choose([c["turns"] for c in conversations], generated)
     choose_ms = 1000 * (time.perf_counter() - started) / len(conversations)
@@ -146,20 +166,9 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
         examples.append({"kind": conversation["kind"], "context": context_lines(turns), "blend": blend.text,
                          "blend_source": blend.source, **rivals})
         for rival, text in rivals.items():
-            blend_first = rng.random() < 0.5
-            pairs.append({"context": context_lines(turns), "A": blend.text if blend_first else text,
-                          "B": text if blend_first else blend.text,
-                          "key": {"conversation": number, "kind": conversation["kind"], "rival": rival,
-                                  "blend": "A" if blend_first else "B", "blend_source": blend.source["kind"],
-                                  "identical": normalized(blend.text) == normalized(text)}})
-    rng.shuffle(pairs)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "pairs.jsonl", "w", encoding="utf-8") as file:
-        for number, pair in enumerate(pairs):
-            pair_id = f"p{number:03d}"
-            key[pair_id] = pair.pop("key")
-            file.write(json.dumps({"id": pair_id, **pair}, ensure_ascii=False) + "\n")
-    (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
+            pairs.append(blind_pair(context_lines(turns), blend.text, text, rng, {
+                "conversation": number, "kind": conversation["kind"], "rival": rival, "blend_source": blend.source["kind"]}))
+    write_pairs(out, pairs, rng, "p")
     (out / "examples.json").write_text(json.dumps(examples, indent=1, ensure_ascii=False) + "\n")
     write_examples(out, examples)
     quotes = sum(e["blend_source"]["kind"] == "quote" for e in examples)
@@ -174,16 +183,15 @@ def examples_persona(lines: list[Line]) -> str:
     return PERSONA + " Lines you have said in situations like this:\n" + "\n".join(f"- {line.text}" for line in lines)
 
 
-def example_generations(conversations: list[dict], policy: ReplyPolicy, max_new_tokens: int, seed: int = 0) -> list[str]:
-    """One sampled generation per conversation, its top EXAMPLES lines in the system prompt."""
+def example_generations(conversations: list[list[Turn]], shown: list[list[Line]], max_new_tokens: int,
+                        seed: int = 0) -> list[str]:
+    """One sampled generation per conversation, the lines `shown` for it in the system prompt."""
     from serve.engine import Engine, Sampling
 
-    turns = [c["turns"] for c in conversations]
-    found = policy.index.top(policy.selector.conversations(turns), EXAMPLES, turns)
     engine = Engine(device="cpu")
     sampling = replace(Sampling(), max_new_tokens=max_new_tokens, seed=seed)
     replies = []
-    for conversation, lines in zip(turns, found):
+    for conversation, lines in zip(conversations, shown):
         engine.persona = examples_persona(lines)  # one conversation per call: the persona is the engine's
         replies.append(engine.generate([conversation], sampling)[0].text)
     return replies
@@ -192,31 +200,20 @@ def example_generations(conversations: list[dict], policy: ReplyPolicy, max_new_
 def make_example_pairs(data: Path, selector: Path, lines: Path, out: Path, plain: Path,
                        max_new_tokens: int = 40, seed: int = 0) -> dict:
     """Pairs of generate-with-examples vs plain generate (`plain`: the `generations.json` of `make`)."""
-    conversations = blind_conversations(data, seed)
     if not plain.is_file():
         raise TrainDataError(f"{plain}: no cached generations; run `python -m train blind make` first")
+    conversations = blind_conversations(data, seed)
     generated = [group[0] for group in json.loads(plain.read_text())["replies"]]
     policy = ReplyPolicy("quote", selector, lines)
     check_held_out(policy.index, conversations)
     turns = [c["turns"] for c in conversations]
     shown = policy.index.top(policy.selector.conversations(turns), EXAMPLES, turns)
-    with_examples = example_generations(conversations, policy, max_new_tokens, seed)
+    with_examples = example_generations(turns, shown, max_new_tokens, seed)
     rng = random.Random(seed)
-    pairs, key = [], {}
-    for number, (conversation, plain_text, text) in enumerate(zip(conversations, generated, with_examples)):
-        first = rng.random() < 0.5
-        pairs.append({"context": context_lines(conversation["turns"]), "A": text if first else plain_text,
-                      "B": plain_text if first else text,
-                      "key": {"conversation": number, "kind": conversation["kind"], "rival": "generate",
-                              "system": "generate with examples", "blend": "A" if first else "B",
-                              "identical": normalized(text) == normalized(plain_text)}})
-    rng.shuffle(pairs)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "pairs.jsonl", "w", encoding="utf-8") as file:
-        for number, pair in enumerate(pairs):
-            key[f"e{number:03d}"] = pair.pop("key")
-            file.write(json.dumps({"id": f"e{number:03d}", **pair}, ensure_ascii=False) + "\n")
-    (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
+    pairs = [blind_pair(context_lines(conversation["turns"]), text, plain_text, rng, {
+                 "conversation": number, "kind": conversation["kind"], "rival": "generate", "system": "generate with examples"})
+             for number, (conversation, plain_text, text) in enumerate(zip(conversations, generated, with_examples))]
+    write_pairs(out, pairs, rng, "e")
     (out / "generations.json").write_text(json.dumps({"examples": [[line.text for line in lines] for lines in shown],
                                                       "replies": with_examples}, indent=1, ensure_ascii=False) + "\n")
     copies = sum(normalized(text) in {normalized(line.text) for line in lines} for text, lines in zip(with_examples, shown))
