@@ -168,6 +168,9 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     schedule += f" ({settings['trained']})" if settings.get("trained") else ""
     others = (f" and the other five friends' answers in the same train episodes ({config['others']}, "
               "`python -m data negatives`)") if config.get("others") else ""
+    others += (f", each with {config['hard_negatives']} near miss(es) mined by the starting model "
+               f"(its ranks 2–{config['mine_range']})") if config.get("hard_negatives") else ""
+    start = f"Started from the selector in {config['init']}. " if config.get("init") else ""
     rows = "\n".join(
         f"| {name} | {value['R10@1']:.3f} | {value['R100@1']:.3f} |" if isinstance(value, dict) else f"| {name} | {value} | |"
         for name, value in metrics["test"].items()
@@ -175,7 +178,7 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     (folder / "README.md").write_text(f"""# Chandler response selector
 
 A dual encoder that scores how well a reply answers a conversation, for the bot's reply policy
-(`serve/character/`). Base: {settings['base']}. Fine-tuned by `python -m train selector` with
+(`serve/character/`). Base: {settings['base']}. {start}Fine-tuned by `python -m train selector` with
 sentence-transformers' `MultipleNegativesRankingLoss` (in-batch negatives, batches without duplicate
 replies) on the {config['data']} train split's (conversation, Chandler reply) pairs{others}:
 {schedule}, batch {config['batch_size']}, learning rate {config['learning_rate']},

@@ -7,10 +7,11 @@ replies of the batch. Batches never hold the same reply twice ("Yeah." is not a 
 "Yeah."). With `--hard-negatives N`, each conversation also gets N near misses: other replies of
 the training pairs that the starting model (`--init`, e.g. the shipped selector) ranks near the top
 for it (`mine_hard_negatives`, drawn at random from ranks 2 to `mine_range`; no margin below the
-true reply's score, which would drop exactly the conversations the model gets wrong). With `--others` (a `python -m data negatives` folder), the other five friends' answers
-of the train episodes are added as pairs: which reply fits a conversation is much the same skill
-whoever speaks, and they are five times as many. Saved as fp16 safetensors; then `train.ranking` scores it on the test episodes
-against the baselines and writes the card.
+true reply's score, which would drop exactly the conversations the model gets wrong). With
+`--others` (a `python -m data negatives` folder), the other five friends' answers of the train
+episodes are added as pairs: which reply fits a conversation is much the same skill whoever
+speaks, and they are five times as many. Saved as fp16 safetensors; then `train.ranking` scores
+it on the test episodes against the baselines and writes the card.
 """
 from __future__ import annotations
 
