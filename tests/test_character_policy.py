@@ -9,11 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-from serve.character.lines import LineIndex, write_index
+from serve.character.lines import Line, LineIndex, write_index
 from serve.character.policy import ReplyPolicy, check_files, respond
+from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector, SelectorError, context_text
 from train.blind import score
 from train.ranking import distractor_draws, recall_at_1
+from train.rerank import candidate_pools, lm_pairs, reranked_recall
 
 LINES = [
     ("Oh, the gym. I pay them every month so my membership card stays warm.", "Have you been to the gym lately?", 1, 2),
@@ -62,8 +64,8 @@ def lines_folder(selector_folder, tmp_path_factory):
     return out
 
 
-def policy(mode, selector_folder, lines_folder, threshold):
-    set_settings(selector_folder, threshold=threshold)
+def policy(mode, selector_folder, lines_folder, threshold, lm_weight=0.0):
+    set_settings(selector_folder, threshold=threshold, lm_weight=lm_weight)
     return ReplyPolicy(mode, selector_folder, lines_folder)
 
 
@@ -175,6 +177,82 @@ def test_an_index_built_with_another_selector_is_refused(tmp_path, selector_fold
         LineIndex(lines_folder, Selector(other))
     with pytest.raises(SelectorError, match="another selector"):
         check_files("blend", other, lines_folder)
+
+
+KNOCK = [{"speaker": "Joey", "text": "Knock knock."}]
+
+
+def test_pmi_rewards_the_reply_that_answers_its_conversation(engine):
+    rerank = LmRerank(1.0)
+    rerank.bind(engine)
+    pmi = rerank.pmi([KNOCK, JOB, KNOCK, JOB], ["Who's there?", "Who's there?", "I work in data processing.", "I work in data processing."])
+    assert pmi[0] > pmi[1] and pmi[3] > pmi[2]
+
+
+def test_rerank_adds_weighted_pmi_best_first_and_scores_each_prior_once(engine):
+    scored = []
+
+    class Counted:  # the engine, counting the replies it scores
+        def reply_log_probs(self, conversations, replies):
+            scored.extend(replies)
+            return engine.reply_log_probs(conversations, replies)
+
+    counted = Counted()
+    lines = [[Line("I work in data processing.", 1, 2, 0.31), Line("Who's there?", 1, 1, 0.30)]]
+    unweighted = LmRerank(0.0)
+    unweighted.bind(counted)
+    assert unweighted.rerank([KNOCK], lines) == lines
+    rerank = LmRerank(1.0)
+    rerank.bind(counted)
+    scored.clear()
+    best, other = rerank.rerank([KNOCK], lines)[0]
+    assert best.text == "Who's there?" and (best.season, best.episode) == (1, 1)
+    pmi = rerank.pmi([KNOCK, KNOCK], [best.text, other.text])
+    assert best.score == pytest.approx(0.30 + pmi[0], abs=1e-4) and other.score == pytest.approx(0.31 + pmi[1], abs=1e-4)
+    assert len(scored) == 2 + 2 + 2  # priors once, then the conversation's two lines twice
+    rerank.bind(Counted())  # another engine: its own priors
+    scored.clear()
+    rerank.pmi([KNOCK], [best.text])
+    assert len(scored) == 2
+    with pytest.raises(ValueError, match="pass the engine"):
+        rerank.bind(None)
+
+
+def test_blend_with_the_lm_rerank_puts_the_threshold_on_the_reranked_score(engine, selector_folder, lines_folder):
+    generated = ["Banana pancakes are purple on Tuesdays."]
+    plain = policy("quote", selector_folder, lines_folder, threshold=0.0)
+    lines = plain.index.top(plain.selector.conversations([JOB]), plain.top_k, [JOB])
+    rerank = LmRerank(1.0)
+    rerank.bind(engine)
+    best = rerank.rerank([JOB], lines)[0][0]
+    below, above = best.score - 0.01, best.score + 0.01
+    quoted, = policy("blend", selector_folder, lines_folder, threshold=below, lm_weight=1.0).choose([JOB], [generated], engine)
+    assert quoted.text == best.text and quoted.score == pytest.approx(best.score, abs=1e-4)
+    blend = policy("blend", selector_folder, lines_folder, threshold=above, lm_weight=1.0)
+    assert blend.choose([JOB], [generated], engine)[0].text == generated[0]
+    with pytest.raises(ValueError, match="pass the engine"):
+        blend.choose([JOB], [generated])
+    set_settings(selector_folder, lm_weight=0.0)
+
+
+def test_reranked_recall_counts_only_the_selectors_top_candidates():
+    rng = np.random.default_rng(0)
+    replies = [str(i) for i in range(12)]
+    draws = distractor_draws(replies, sizes=(3, 10))
+    pools = candidate_pools(draws, len(replies))
+    scores = rng.random((12, 12))
+    zero, favours_true = np.zeros((12, 12)), 10 * np.eye(12)
+    assert reranked_recall(scores, zero, pools, weight=1.0, depth=10) == recall_at_1(scores, draws)
+    assert reranked_recall(scores, favours_true, pools, weight=0.0, depth=10) == recall_at_1(scores, draws)
+    assert reranked_recall(scores, favours_true, pools, weight=1.0, depth=10) == {"R3@1": 1.0, "R10@1": 1.0}
+    assert reranked_recall(scores, favours_true, pools, weight=1.0, depth=1) == recall_at_1(scores, draws)
+    within_two = reranked_recall(scores, favours_true, pools, weight=1.0, depth=2)["R10@1"]
+    ranks = [(scores[i, pools[10][i]] > scores[i, i]).sum() for i in range(12)]
+    assert within_two == pytest.approx(np.mean([rank < 2 for rank in ranks]), abs=1e-3)
+    pairs = set(lm_pairs(scores, pools, depth=2))
+    assert {(i, i) for i in range(12)} <= pairs
+    assert all((i, int(j)) in pairs for pool in pools.values() for i, row in enumerate(pool)
+               for j in row[np.argsort(-scores[i, row], kind="stable")[:2]])
 
 
 def test_recall_draws_never_hold_the_true_text_and_score_rankings():

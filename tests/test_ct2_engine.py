@@ -51,16 +51,19 @@ def test_greedy_float32_gives_the_torch_engines_tokens(torch_adapter_engine, ct2
 
 
 def test_reply_log_probs_are_the_torch_models_own(torch_adapter_engine, ct2_float32):
-    turns, reply = CONVERSATIONS[-1], "I was framed by the cookie."
-    log_probs, = ct2_float32.reply_log_probs([turns], [reply])
+    conversations, replies = [CONVERSATIONS[-1], CONVERSATIONS[0]], ["I was framed by the cookie.", "Fine. You?"]
     tokenizer = torch_adapter_engine.tokenizer
-    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = torch.tensor([torch_adapter_engine.prompt_ids(turns) + reply_ids])
+    reply_ids = tokenizer(replies[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([torch_adapter_engine.prompt_ids(conversations[0]) + reply_ids])
     with torch.no_grad():
         logits = torch_adapter_engine.model(input_ids=ids).logits[0, -len(reply_ids) - 1 : -1]
     expected = torch.log_softmax(logits.float(), dim=-1).gather(1, torch.tensor(reply_ids)[:, None])[:, 0]
-    assert len(log_probs) == len(reply_ids)
-    assert torch.allclose(torch.tensor(log_probs), expected, atol=1e-2)
+    # a batch of two prompts of different lengths: the torch engine pads, ct2 does not
+    for engine in (torch_adapter_engine, ct2_float32):
+        cookie, fine = engine.reply_log_probs(conversations, replies)
+        assert len(cookie) == len(reply_ids) and len(fine) == len(engine.scored_ids(conversations[1], replies[1])[0]) - len(engine.prompt_ids(conversations[1]))
+        assert torch.allclose(torch.tensor(cookie), expected, atol=1e-2)
+        assert fine == pytest.approx(engine.reply_log_probs(conversations[1:], replies[1:])[0], abs=1e-2)
 
 
 def test_int8_replies_are_clean(ct2_int8):

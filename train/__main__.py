@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
     lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
     lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
+    rerank = commands.add_parser("rerank", help="fit the LM rerank of the selector's top lines (weight, threshold), report it")
+    rerank.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
+    rerank.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    rerank.add_argument("--validation-pairs", type=int, default=300, help="validation conversations to fit on (the LM is slow)")
     blind = commands.add_parser("blind", help="blind comparison: `make` the pairs for judges, `score` their judgments")
     blind.add_argument("step", choices=["make", "make-examples", "score"])
     blind.add_argument("--data", type=Path, default=Path("build/chandler"))
@@ -144,6 +148,12 @@ def run_lines(args: argparse.Namespace) -> None:
     print(build_lines(args.data, args.selector, args.out, tuple(args.splits)))
 
 
+def run_rerank(args: argparse.Namespace) -> None:
+    from train.rerank import fit_rerank
+
+    print(fit_rerank(args.data, args.selector, args.validation_pairs))
+
+
 def run_blind(args: argparse.Namespace) -> None:
     from train.blind import make_example_pairs, make_pairs, score
 
@@ -168,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
-         "lines": run_lines, "blind": run_blind, "export": run_export}[args.command](args)
+         "lines": run_lines, "rerank": run_rerank, "blind": run_blind, "export": run_export}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -148,14 +148,17 @@ def check_held_out(index: LineIndex, conversations: list[dict]) -> None:
 
 def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEND_GENERATIONS,
                max_new_tokens: int = 40, seed: int = 0) -> dict:
+    from serve.engine import load_engine
+
     conversations = blind_conversations(data, seed)
     generated = generations(conversations, n, max_new_tokens, out / "generations.json", seed)
     policy = ReplyPolicy("blend", selector, lines)
     check_held_out(policy.index, conversations)
+    engine = load_engine() if policy.rerank else None  # the serving engine's LM reranks the lines
     rng = random.Random(seed)
     pairs, examples = [], []
     started = time.perf_counter()
-    blends = policy.choose([c["turns"] for c in conversations], generated)
+    blends = policy.choose([c["turns"] for c in conversations], generated, engine)
     choose_ms = 1000 * (time.perf_counter() - started) / len(conversations)
     naives = naive_quotes(policy.index, [c["turns"] for c in conversations])
     for number, (conversation, candidates, blend, naive) in enumerate(zip(conversations, generated, blends, naives)):

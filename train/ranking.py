@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.character.rerank import NEUTRAL_TURNS
 from serve.character.selector import SETTINGS, Selector, context_text, last_message
 from serve.character.style import embed
 from train.examples import read_split
@@ -37,7 +38,6 @@ WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 THRESHOLD_PERCENTILE = 25
 NEIGHBOURS = 5
 LM_PAIRS = 50
-NEUTRAL_TURNS = [{"speaker": "Someone", "text": "..."}]  # "no conversation", for the PMI's prior
 
 
 def distractor_draws(replies: list[str], sizes: tuple[int, ...] = SIZES, seed: int = 0) -> dict[int, np.ndarray]:
@@ -161,6 +161,15 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     return metrics
 
 
+def rerank_text(settings: dict) -> str:
+    if not settings.get("lm_weight"):
+        return ""
+    rerank = settings["rerank"]
+    return (f"\nThe reply policy then reranks the selector's top {rerank['depth']} lines by that score + {settings['lm_weight']} ×"
+            " the adapter LM's PMI (`serve/character/rerank.py`; weight and threshold fitted by `python -m train rerank`"
+            f" on the first {rerank['validation_pairs']} validation conversations).")
+
+
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     config = settings["config"]
     stopped = settings.get("stopped")
@@ -186,7 +195,7 @@ max {config['max_seq_length']} tokens, seed {config['seed']}.
 
 The conversation side is its last 4 turns, newest first, `Name: text` joined by ` | `
 (`serve.character.selector.context_text`). The shipped score is the tuned cosine plus
-{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).
+{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).{rerank_text(settings)}
 Weights are fp16 safetensors; `selector.json` holds the id that the line index records.
 
 ## Recall@1 on test episodes ({metrics['test_pairs']} held-out pairs; goal R10@1 ≥ 0.55, R100@1 ≥ 0.30)
@@ -199,7 +208,7 @@ The true reply against 9 or 99 other Chandler replies of the test split, the sam
 
 ## Threshold
 
-A retrieved real line is quoted when its score reaches {metrics['threshold']}: the
+A retrieved real line is quoted when its {"reranked " if settings.get("lm_weight") else ""}score reaches {metrics['threshold']}: the
 {settings['threshold_percentile']}th percentile of the scores Chandler's true replies get on validation
 episodes.
 

@@ -1,11 +1,14 @@
 """The reply policy: `generate | quote | blend` (default blend).
 
 - generate: the engine's reply, as before (`best_of` included).
-- quote: the selector's best real line among the index's top-k for the conversation.
+- quote: the best real line among the index's top-k for the conversation.
 - blend: candidates are `generations` sampled replies plus the top-k real lines; the selector
   scores all of them against the conversation. The best real line is sent when its score reaches
   the selector's threshold (calibrated on validation episodes, `models/chandler-selector`);
   otherwise the best-scoring generation.
+
+Where the selector has an `lm_weight`, the top-k lines are first reranked with the engine's LM
+(`serve/character/rerank.py`), and the threshold is on that reranked score.
 
 A line already said in the channel's recent context (by anyone) is never sent again. The source of
 each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
@@ -20,11 +23,12 @@ import numpy as np
 
 from data.dialogue import Turn
 from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized, said_in
+from serve.character.rerank import LmRerank
 from serve.character.selector import DEFAULT_SELECTOR, Selector, SelectorError, selector_id
 
 MODES = ("generate", "quote", "blend")
 DEFAULT_MODE = "blend"
-TOP_K = 8  # real lines retrieved per conversation
+TOP_K = 5  # real lines retrieved (and reranked) per conversation
 BLEND_GENERATIONS = 4  # sampled replies per conversation in blend (more if best_of asks for more)
 GENERATED = {"kind": "generated"}
 
@@ -57,10 +61,11 @@ class ReplyPolicy:
                  lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K) -> None:
         check_files(mode, selector, lines)
         self.mode, self.top_k = mode, top_k
-        self.selector = self.index = None
+        self.selector = self.index = self.rerank = None
         if mode != "generate":
             self.selector = Selector(selector)
             self.index = LineIndex(lines, self.selector)
+            self.rerank = LmRerank(self.selector.lm_weight) if self.selector.lm_weight else None
 
     def generations(self, sampling) -> int:
         """Sampled replies the engine makes per conversation under this mode (quote: none)."""
@@ -68,9 +73,10 @@ class ReplyPolicy:
             return 0
         return max(sampling.best_of, BLEND_GENERATIONS) if sampling.temperature > 0 else 1
 
-    def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]]) -> list[Choice]:
+    def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]], engine=None) -> list[Choice]:
         """The reply for each conversation (its turns including the new message) among its
-        `generated` candidates and the index's lines; the encoders run once per batch."""
+        `generated` candidates and the index's lines; the encoders run once per batch, and so
+        does the `engine`'s LM when the selector's lines are reranked (it must be given then)."""
         said = [said_in(turns) for turns in conversations]
         fresh = [[text for text in group if text.strip() and normalized(text) not in seen]
                  for group, seen in zip(generated, said)]
@@ -78,6 +84,9 @@ class ReplyPolicy:
             return [Choice(group[0] if group else (raw[0] if raw else "")) for group, raw in zip(fresh, generated)]
         conversation_vectors = self.selector.conversations(conversations)
         lines = self.index.top(conversation_vectors, self.top_k, conversations)
+        if self.rerank is not None:
+            self.rerank.bind(engine)
+            lines = self.rerank.rerank(conversations, lines)
         flat = [text for group in fresh for text in group]
         scores = self.selector.score(conversation_vectors, self.selector.replies(flat)) if flat else None
         choices, start = [], 0
@@ -104,7 +113,7 @@ def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]]
     n = policy.generations(sampling)
     flat = engine.generate([turns for turns in conversations for _ in range(n)], replace(sampling, best_of=1)) if n else []
     groups = [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
-    choices = policy.choose(conversations, [[reply.text for reply in group] for group in groups])
+    choices = policy.choose(conversations, [[reply.text for reply in group] for group in groups], engine)
     answers = []
     for turns, group, choice in zip(conversations, groups, choices):
         prompt_tokens = group[0].prompt_tokens if group else len(engine.prompt_ids(turns))

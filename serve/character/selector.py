@@ -74,6 +74,7 @@ class Selector:
         self.id = settings["id"]
         self.message_weight = float(settings.get("message_weight", 0.0))
         self.threshold = float(settings.get("threshold", 1.0))
+        self.lm_weight = float(settings.get("lm_weight", 0.0))  # the LM rerank's (serve/character/rerank.py)
         try:
             self.encoder = load_selector_encoder(str(self.folder))
         except (OSError, ValueError) as error:

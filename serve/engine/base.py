@@ -41,6 +41,12 @@ class EngineBase:
         """The prompt's token ids: token-capped, user text never special (data/dialogue.py)."""
         return prompt_ids(self.tokenizer, turns, self.persona, self.context_budget)
 
+    def scored_ids(self, turns: Sequence[Turn], reply: str) -> tuple[list[int], int]:
+        """The ids a reply is scored on, as in training (train/examples.encode): the conversation's
+        prompt, then the reply and its end of turn; and how many of them are the reply's."""
+        reply_ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return self.prompt_ids(turns) + reply_ids, len(reply_ids)
+
     # -- generation ---------------------------------------------------------------------------
     def generate(self, conversations: Sequence[Sequence[Turn]], sampling: Sampling = Sampling()) -> list[Reply]:
         """One reply per conversation, generated as one batch.

@@ -101,14 +101,11 @@ class Ct2Engine(EngineBase):
 
     def reply_log_probs(self, conversations: Sequence[Sequence[Turn]], replies: Sequence[str], batch_size: int = 32) -> list[list[float]]:
         """The log-probability of each token of each reply (its end of turn included) after its
-        conversation's prompt, as in training (train/examples.encode); scored in batches."""
-        sequences, lengths = [], []
-        for turns, reply in zip(conversations, replies):
-            reply_ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
-            sequences.append(self.tokenizer.convert_ids_to_tokens(self.prompt_ids(turns) + reply_ids))
-            lengths.append(len(reply_ids))
-        results = self.generator.score_batch(sequences, max_batch_size=batch_size)
-        return [result.log_probs[-length:] for result, length in zip(results, lengths)]
+        conversation's prompt (`scored_ids`); scored in batches."""
+        scored = [self.scored_ids(turns, reply) for turns, reply in zip(conversations, replies)]
+        results = self.generator.score_batch([self.tokenizer.convert_ids_to_tokens(ids) for ids, _ in scored],
+                                             max_batch_size=batch_size)
+        return [result.log_probs[-length:] for result, (_, length) in zip(results, scored)]
 
     def _submit(self, generator, prompts: list[list[int]], sampling: Sampling) -> list:
         rows: list[list[int]] = [[] for _ in prompts]

@@ -118,6 +118,22 @@ class TorchEngine(EngineBase):
         rows = zip(inputs["attention_mask"], output[:, width:].tolist())
         return [self._reply(int(mask.sum()), row, sampling.max_new_tokens) for mask, row in rows]
 
+    @torch.inference_mode()
+    def reply_log_probs(self, conversations: Sequence[Sequence[Turn]], replies: Sequence[str], batch_size: int = 8) -> list[list[float]]:
+        """The log-probability of each token of each reply (its end of turn included) after its
+        conversation's prompt (`scored_ids`); scored in right-padded batches."""
+        scored = [self.scored_ids(turns, reply) for turns, reply in zip(conversations, replies)]
+        log_probs: list[list[float]] = []
+        for start in range(0, len(scored), batch_size):
+            batch = scored[start : start + batch_size]
+            padded = self.tokenizer.pad({"input_ids": [sequence for sequence, _ in batch]}, padding=True, padding_side="right",
+                                        return_tensors="pt").to(self.model.device)
+            with self._lock:
+                logits = self.model(**padded).logits[:, :-1].float()
+            rows = torch.log_softmax(logits, dim=-1).gather(2, padded["input_ids"][:, 1:, None])[..., 0]  # row[t]: token t + 1
+            log_probs += [row[len(sequence) - length - 1 : len(sequence) - 1].tolist() for row, (sequence, length) in zip(rows, batch)]
+        return log_probs
+
     def _raw_stream(self, prompt: list[int], sampling: Sampling) -> Iterator[str]:
         """Raw text pieces from `generate` in a worker thread; closing this stops the worker."""
         from transformers import StoppingCriteriaList, TextIteratorStreamer
