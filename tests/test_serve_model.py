@@ -52,7 +52,7 @@ async def test_blend_sends_his_real_line_with_its_episode_and_never_twice(monkey
     replica = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
     monkeypatch.setattr(serve, "get_replica_context", lambda: replica)
     model = ChandlerModel.func_or_class(AppArgs(engine="torch", adapter="none", device="cpu", torch_threads=1, reply_mode="blend"))
-    sampling = {"max_new_tokens": 8, "temperature": 0.8, "top_p": 0.9, "best_of": 1, "seed": 0}
+    sampling = {"max_new_tokens": 2, "temperature": 0.8, "top_p": 0.9, "best_of": 1, "seed": 0}  # fewer than any quotable line has
     turns = [{"speaker": "Joey", "text": "I went to the gym for the first time in a year."}]
 
     first = await model.generate(turns, sampling)
