@@ -1,4 +1,5 @@
-"""Latency that the reply policy adds: one conversation at a time, generate vs quote vs blend.
+"""Latency that the reply policy adds: one conversation at a time, generate vs quote vs blend, and
+quote and blend with the LM rerank off (`CHANDLER_RERANK=off`).
 
     python bench/reply_policy.py [--repeats 3] [--max-new-tokens 40] [--threads 2]
 
@@ -32,16 +33,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     engine = load_engine()
     policies = {mode: ReplyPolicy(mode) for mode in MODES}
+    policies.update({f"{mode}, rerank off": ReplyPolicy(mode, rerank=False) for mode in ("quote", "blend")})
     sampling = Sampling(max_new_tokens=args.max_new_tokens, seed=0)
-    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    times: dict[str, list[float]] = {name: [] for name in policies}
     respond(engine, policies["blend"], [[{"speaker": "Alex", "text": "Hi!"}]], sampling)  # warm-up
     for _ in range(args.repeats):
         for message in MESSAGES:
-            for mode, policy in policies.items():
+            for name, policy in policies.items():
                 started = time.perf_counter()
                 respond(engine, policy, [[{"speaker": "Alex", "text": message}]], sampling)
-                times[mode].append(time.perf_counter() - started)
-    result = {mode: {"median_s": round(statistics.median(t), 3), "requests": len(t)} for mode, t in times.items()}
+                times[name].append(time.perf_counter() - started)
+    result = {name: {"median_s": round(statistics.median(t), 3), "requests": len(t)} for name, t in times.items()}
     result["engine"] = type(engine).__name__
     result["max_new_tokens"] = args.max_new_tokens
     args.out.parent.mkdir(parents=True, exist_ok=True)

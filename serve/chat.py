@@ -34,8 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--best-of", type=int, default=defaults.best_of, help="sample N replies, show the most Chandler-like by the style classifier (default: %(default)s)")
     parser.add_argument("--reply-mode", choices=MODES, default=os.environ.get("CHANDLER_REPLY_MODE", DEFAULT_MODE),
                         help="generate, quote his real lines, or blend both by the selector (default: CHANDLER_REPLY_MODE or %(default)s)")
+    parser.add_argument("--rerank", type=switch, default=os.environ.get("CHANDLER_RERANK", "on"), metavar="on|off",
+                        help="rerank the selector's top lines with the LM (off: faster, slightly worse picks; default: CHANDLER_RERANK or on)")
     parser.add_argument("--name", default="Joey", help="your name in the conversation (default: %(default)s)")
     parser.add_argument("--message", help="print one reply to TEXT and exit")
+
+
+def switch(text: str) -> bool:
+    """on/off (also true/false, yes/no, 1/0), as the backend's settings read them."""
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(bool).validate_python(text)
+    except ValidationError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use on or off") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     _quiet()
     try:
-        policy = ReplyPolicy(args.reply_mode)  # before the engine: a missing selector or index fails at once
+        policy = ReplyPolicy(args.reply_mode, rerank=args.rerank)  # before the engine: a missing selector or index fails at once
         engine = load_engine(args.engine, args.base_model, args.adapter, args.quantization, args.device)
         if args.best_of > 1:
             engine.scorer = StyleScorer()  # loaded now, so that a missing classifier fails at start

@@ -64,9 +64,10 @@ def lines_folder(selector_folder, tmp_path_factory):
     return out
 
 
-def policy(mode, selector_folder, lines_folder, threshold, lm_weight=0.0):
-    set_settings(selector_folder, threshold=threshold, lm_weight=lm_weight)
-    return ReplyPolicy(mode, selector_folder, lines_folder)
+def policy(mode, selector_folder, lines_folder, threshold, rerank=None, switch=True):
+    """The fixtures' policy with the selector's own threshold and, when given, a fitted LM rerank."""
+    set_settings(selector_folder, threshold=threshold, rerank=rerank or {})
+    return ReplyPolicy(mode, selector_folder, lines_folder, rerank=switch)
 
 
 def test_context_text_puts_the_newest_turn_first():
@@ -226,13 +227,19 @@ def test_blend_with_the_lm_rerank_puts_the_threshold_on_the_reranked_score(engin
     rerank.bind(engine)
     best = rerank.rerank([JOB], lines)[0][0]
     below, above = best.score - 0.01, best.score + 0.01
-    quoted, = policy("blend", selector_folder, lines_folder, threshold=below, lm_weight=1.0).choose([JOB], [generated], engine)
+    fitted = {"lm_weight": 1.0, "threshold": below}
+    quoted, = policy("blend", selector_folder, lines_folder, threshold=5.0, rerank=fitted).choose([JOB], [generated], engine)
     assert quoted.text == best.text and quoted.score == pytest.approx(best.score, abs=1e-4)
-    blend = policy("blend", selector_folder, lines_folder, threshold=above, lm_weight=1.0)
+    blend = policy("blend", selector_folder, lines_folder, threshold=-5.0, rerank={**fitted, "threshold": above})
     assert blend.choose([JOB], [generated], engine)[0].text == generated[0]
     with pytest.raises(ValueError, match="pass the engine"):
         blend.choose([JOB], [generated])
-    set_settings(selector_folder, lm_weight=0.0)
+    # Switched off: the selector's own score against its own threshold, and no LM.
+    unranked = policy("blend", selector_folder, lines_folder, threshold=5.0, rerank=fitted, switch=False)
+    assert unranked.rerank is None and unranked.choose([JOB], [generated])[0].text == generated[0]
+    own, = policy("quote", selector_folder, lines_folder, threshold=-5.0, rerank=fitted, switch=False).choose([JOB], [[]])
+    assert (own.text, own.score) == (lines[0][0].text, pytest.approx(lines[0][0].score, abs=1e-4))
+    set_settings(selector_folder, rerank={})
 
 
 def test_reranked_recall_counts_only_the_selectors_top_candidates():
@@ -320,3 +327,24 @@ def test_hard_negatives_are_other_replies_near_the_top_for_every_pair(selector_f
     assert mined.column_names == ["anchor", "positive", "negative_1"] and len(mined) == len(records)
     replies = {reply for reply, *_ in LINES}
     assert all(row["negative_1"] in replies and row["negative_1"] != row["positive"] for row in mined)
+
+
+def test_a_selector_continued_from_another_records_and_describes_every_stage(tmp_path, selector_folder):
+    from train.ranking import write_card
+    from train.selector import SelectorConfig, earlier_stages
+
+    first = json.loads((selector_folder / SETTINGS).read_text())
+    assert earlier_stages(SelectorConfig(data="d", out="o")) == []
+    stages = earlier_stages(SelectorConfig(data="d", out="o", init=str(selector_folder)))
+    assert stages == [{"id": first["id"], "config": first["config"], "train_runtime_s": first["train_runtime_s"]}]
+    second = {**first, "stages": stages, "config": {**first["config"], "epochs": 1.0, "init": str(selector_folder)},
+              "threshold_percentile": 25}
+    (tmp_path / SETTINGS).write_text(json.dumps({**second, "id": "next"}))
+    assert earlier_stages(SelectorConfig(data="d", out="o", init=str(tmp_path))) == [*stages, {
+        "id": "next", "config": second["config"], "train_runtime_s": first["train_runtime_s"]}]
+    metrics = {"test": {"random": {"R10@1": 0.1, "R100@1": 0.01}}, "test_pairs": 3, "message_weight": 0.0}
+    write_card(tmp_path, second, metrics)
+    card = (tmp_path / "README.md").read_text()
+    assert "Stage 1: trained on the fixture train split's (conversation, Chandler reply) pairs: 0 epochs" in card
+    assert "Stage 2, continuing from it: trained on the fixture train split's (conversation, Chandler reply) pairs: 1.0 epochs" in card
+    assert "rerank" not in card

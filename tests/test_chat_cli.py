@@ -10,11 +10,11 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--adapter", "none", "--temperature", "0", "--max-new-tokens", "6"]
 
 
-def chat(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+def chat(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "serve", "chat", *args],
         cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
 
 
@@ -58,3 +58,11 @@ def test_model_not_available_offline():
 @pytest.mark.parametrize("flags", [["--message", "  "], ["--message", "hi", "--max-new-tokens", "0"]])
 def test_bad_flags(flags):
     assert_one_line_error(chat(*flags))
+
+
+def test_rerank_switch_reads_on_or_off_only():
+    result = chat("--message", "hi", "--rerank", "maybe")
+    assert result.returncode == 2 and "--rerank: 'maybe': use on or off" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    result = chat("--message", "hi", CHANDLER_RERANK="nah")
+    assert result.returncode == 2 and "'nah': use on or off" in result.stderr

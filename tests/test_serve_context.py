@@ -197,10 +197,11 @@ def test_settings_precedence_and_errors(clean_env):
     assert load({"torch_threads": 0, "temperature": 0}).torch_threads == 0
     assert load({"max_new_tokens": 6, "adapter": "none"}).max_new_tokens == 6
     for name, value in {"CHANDLER_MAX_NEW_TOKENS": "9", "CHANDLER_API_KEY": "sekrit-key", "REDIS_URL": "redis://:pw@x",
-                        "CHANDLER_CONTEXT_TTL": "30", "CHANDLER_FEEDBACK": "off"}.items():
+                        "CHANDLER_CONTEXT_TTL": "30", "CHANDLER_FEEDBACK": "off", "CHANDLER_RERANK": "off"}.items():
         clean_env.setenv(name, value)
-    s = load({"max_new_tokens": 6, "context_ttl_s": 10})
-    assert (s.max_new_tokens, s.api_key, s.redis_url, s.context_ttl_s, s.feedback) == (9, "sekrit-key", "redis://:pw@x", 30, False)
+    s = load({"max_new_tokens": 6, "context_ttl_s": 10, "rerank": True})
+    assert (s.max_new_tokens, s.api_key, s.redis_url, s.context_ttl_s, s.feedback, s.rerank) == (
+        9, "sekrit-key", "redis://:pw@x", 30, False, False)
     assert "sekrit" not in repr(s) and "pw@x" not in repr(s) and "sekrit" not in repr(s.args())  # secrets stay out
     with pytest.raises(SettingsError, match="^api_key: not a setting"):
         load({"api_key": "in the config file"})

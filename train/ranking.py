@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.character.rerank import NEUTRAL_TURNS
+from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector, context_text, last_message
 from serve.character.style import embed
 from train.examples import read_split
@@ -75,19 +75,18 @@ def adapter_lm_scores(records: list[dict], draws: dict[int, np.ndarray], limit: 
     of mean log-prob per reply token and of PMI, -inf where a reply is not a candidate."""
     from serve.engine.ct2_engine import Ct2Engine
 
-    engine = Ct2Engine()
+    lm = LmRerank(1.0)
+    lm.bind(Ct2Engine())
     texts = [record["reply"] for record in records]
     candidates = {i: {i, *(int(j) for rows in draws.values() for j in rows[i])} for i in range(limit)}
     needed = sorted((i, j) for i, replies_of_i in candidates.items() for j in replies_of_i)
-    conditional = engine.reply_log_probs([records[i]["context"] for i, _ in needed], [texts[j] for _, j in needed])
-    replies = sorted({j for _, j in needed})
-    neutral = engine.reply_log_probs([NEUTRAL_TURNS] * len(replies), [texts[j] for j in replies])
-    prior = {j: float(np.sum(log_probs)) for j, log_probs in zip(replies, neutral)}
+    conditional = lm.engine.reply_log_probs([records[i]["context"] for i, _ in needed], [texts[j] for _, j in needed])
+    priors = lm.priors([texts[j] for _, j in needed])
     mean = np.full((limit, len(records)), -np.inf)
     pmi = mean.copy()
-    for (i, j), log_probs in zip(needed, conditional):
+    for (i, j), log_probs, prior in zip(needed, conditional, priors):
         mean[i, j] = np.mean(log_probs)
-        pmi[i, j] = np.sum(log_probs) - prior[j]
+        pmi[i, j] = np.sum(log_probs) - prior
     return {"mean log-prob per reply token": mean, "PMI": pmi}
 
 
@@ -162,24 +161,44 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
 
 
 def rerank_text(settings: dict) -> str:
-    if not settings.get("lm_weight"):
+    if not settings.get("rerank"):
         return ""
     rerank = settings["rerank"]
-    return (f"\nThe reply policy then reranks the selector's top {rerank['depth']} lines by that score + {settings['lm_weight']} ×"
+    return (f"\nThe reply policy then reranks the selector's top {rerank['depth']} lines by that score + {rerank['lm_weight']} ×"
             " the adapter LM's PMI (`serve/character/rerank.py`; weight and threshold fitted by `python -m train rerank`"
-            f" on the first {rerank['validation_pairs']} validation conversations).")
+            f" on the first {rerank['validation_pairs']} validation conversations; `rerank` off skips it).")
+
+
+def threshold_text(settings: dict) -> str:
+    text = f"A retrieved real line is quoted when its score reaches {settings['threshold']}"
+    if settings.get("rerank"):
+        text += f" (with the LM rerank on, when its reranked score reaches {settings['rerank']['threshold']})"
+    return (text + f": the {settings['threshold_percentile']}th percentile of the scores Chandler's true replies get"
+            " on validation episodes.")
+
+
+def stage_text(stage: dict) -> str:
+    """One training run of the selector: its pairs and schedule."""
+    config = stage["config"]
+    pairs = f"the {config['data']} train split's (conversation, Chandler reply) pairs"
+    if config.get("others"):
+        pairs += (f" and the other five friends' answers in the same train episodes ({config['others']}, "
+                  "`python -m data negatives`)")
+    if config.get("hard_negatives"):
+        pairs += (f", each with {config['hard_negatives']} near miss(es) mined by the starting model "
+                  f"(its ranks 2–{config['mine_range']})")
+    schedule = f"{config['epochs']} epochs" + (f" planned, stopped {stage['stopped']}" if stage.get("stopped") else "")
+    schedule += f" ({stage['trained']})" if stage.get("trained") else ""
+    if stage.get("train_runtime_s"):
+        schedule += f" in {stage['train_runtime_s'] / 60:.0f} min"
+    return (f"on {pairs}: {schedule}, batch {config['batch_size']}, learning rate {config['learning_rate']}, "
+            f"max {config['max_seq_length']} tokens, seed {config['seed']}")
 
 
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:
-    config = settings["config"]
-    stopped = settings.get("stopped")
-    schedule = f"{config['epochs']} epochs" + (f" planned, stopped {stopped}" if stopped else "")
-    schedule += f" ({settings['trained']})" if settings.get("trained") else ""
-    others = (f" and the other five friends' answers in the same train episodes ({config['others']}, "
-              "`python -m data negatives`)") if config.get("others") else ""
-    others += (f", each with {config['hard_negatives']} near miss(es) mined by the starting model "
-               f"(its ranks 2–{config['mine_range']})") if config.get("hard_negatives") else ""
-    start = f"Started from the selector in {config['init']}. " if config.get("init") else ""
+    stages = settings.get("stages", [])
+    training = "".join(f"Stage {n}: trained {stage_text(stage)}. " for n, stage in enumerate(stages, 1))
+    training += (f"Stage {len(stages) + 1}, continuing from it: trained " if stages else "Trained ") + stage_text(settings) + "."
     rows = "\n".join(
         f"| {name} | {value['R10@1']:.3f} | {value['R100@1']:.3f} |" if isinstance(value, dict) else f"| {name} | {value} | |"
         for name, value in metrics["test"].items()
@@ -187,11 +206,9 @@ def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     (folder / "README.md").write_text(f"""# Chandler response selector
 
 A dual encoder that scores how well a reply answers a conversation, for the bot's reply policy
-(`serve/character/`). Base: {settings['base']}. {start}Fine-tuned by `python -m train selector` with
+(`serve/character/`). Base: {settings['base']}. Fine-tuned by `python -m train selector` with
 sentence-transformers' `MultipleNegativesRankingLoss` (in-batch negatives, batches without duplicate
-replies) on the {config['data']} train split's (conversation, Chandler reply) pairs{others}:
-{schedule}, batch {config['batch_size']}, learning rate {config['learning_rate']},
-max {config['max_seq_length']} tokens, seed {config['seed']}.
+replies). {training}
 
 The conversation side is its last 4 turns, newest first, `Name: text` joined by ` | `
 (`serve.character.selector.context_text`). The shipped score is the tuned cosine plus
@@ -208,9 +225,7 @@ The true reply against 9 or 99 other Chandler replies of the test split, the sam
 
 ## Threshold
 
-A retrieved real line is quoted when its {"reranked " if settings.get("lm_weight") else ""}score reaches {metrics['threshold']}: the
-{settings['threshold_percentile']}th percentile of the scores Chandler's true replies get on validation
-episodes.
+{threshold_text(settings)}
 
 ![learning curve](learning_curve.png)
 """)

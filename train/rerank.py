@@ -93,7 +93,7 @@ def split_scores(engine, selector: Selector, records: list[dict], limit: int, se
 
 def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -> dict:
     """Fit the weight and threshold on validation, report test recall; writes `selector.json`
-    (`lm_weight`, `threshold`), `metrics.json` and the card."""
+    (`rerank`: its weight and threshold, beside the selector's own), `metrics.json` and the card."""
     from serve.engine import load_engine
 
     selector, engine = Selector(folder), load_engine()
@@ -102,20 +102,21 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     val_scores, val_pools, val_pmi = split_scores(engine, selector, validation, limit, seed)
     by_weight = {weight: reranked_recall(val_scores, val_pmi, val_pools, weight) for weight in LM_WEIGHTS}
     weight = max(LM_WEIGHTS, key=lambda w: (by_weight[w]["R10@1"] + by_weight[w]["R100@1"], -w))
+    log.info("validation recall by LM weight: %s; chosen %s", by_weight, weight)
     true = np.arange(limit)
     threshold = float(np.percentile(val_scores[true, true] + weight * val_pmi[true, true], THRESHOLD_PERCENTILE))
     test_scores, test_pools, test_pmi = split_scores(engine, selector, test, len(test), seed)
 
     settings = json.loads((folder / SETTINGS).read_text())
-    settings.update(lm_weight=weight, threshold=round(threshold, 4), rerank={"validation_pairs": limit, "depth": TOP_K})
+    settings["rerank"] = {"lm_weight": weight, "threshold": round(threshold, 4), "validation_pairs": limit, "depth": TOP_K}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     metrics = json.loads((folder / "metrics.json").read_text())
     shipped = f"selector, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
     metrics["test"] = {**{name.removesuffix(" (shipped)"): value for name, value in metrics["test"].items()},
                        shipped: reranked_recall(test_scores, test_pmi, test_pools, weight)}
     metrics.update(validation_by_lm_weight={str(w): recall for w, recall in by_weight.items()}, lm_weight=weight,
-                   threshold=settings["threshold"], rerank_validation_pairs=limit)
+                   rerank_threshold=settings["rerank"]["threshold"], rerank_validation_pairs=limit)
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     write_card(folder, settings, metrics)
-    return {"lm_weight": weight, "threshold": settings["threshold"], "test": metrics["test"][shipped],
+    return {"lm_weight": weight, "threshold": settings["rerank"]["threshold"], "test": metrics["test"][shipped],
             "validation": by_weight[weight]}

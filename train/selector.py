@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.character.selector import SETTINGS, context_text
+from serve.character.selector import SETTINGS, context_text, read_settings
 from serve.character.style import ENCODER, encoder_path
 from train.examples import read_split
 from train.ranking import LM_PAIRS, report_selector
@@ -80,12 +80,21 @@ def weights_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def earlier_stages(config: SelectorConfig) -> list[dict]:
+    """How the selector that `--init` continues from was trained (its own earlier stages first)."""
+    if not config.init:
+        return []
+    settings = read_settings(Path(config.init))
+    stage = {name: settings[name] for name in ("id", "config", "train_runtime_s", "trained") if name in settings}
+    return [*settings.get("stages", []), stage]
+
+
 def save_fp16(model, out: Path, config: SelectorConfig, log_history: list[dict], runtime_s: float) -> None:
     model.half()
     model.save(str(out), safe_serialization=True)
     model.float()
     settings = {"id": weights_digest(out), "base": ENCODER, "context_turns_newest_first": True,
-                "config": asdict(config), "train_runtime_s": round(runtime_s, 1)}
+                "stages": earlier_stages(config), "config": asdict(config), "train_runtime_s": round(runtime_s, 1)}
     (out / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     (out / "log_history.json").write_text(json.dumps(log_history, indent=1) + "\n")
 

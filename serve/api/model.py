@@ -34,7 +34,7 @@ class ChandlerModel:
 
             torch.set_num_threads(s.torch_threads)
         self.engine = load_engine(s.engine, s.base_model, s.adapter, s.quantization, s.device, threads=s.torch_threads)
-        self.policy = ReplyPolicy(s.reply_mode)  # generate | quote | blend: serve/character/policy.py
+        self.policy = ReplyPolicy(s.reply_mode, rerank=s.rerank)  # generate | quote | blend: serve/character/policy.py
         self.max_batch_size, self.batch_wait_s = 16, 0.05
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.arrived = asyncio.Event()

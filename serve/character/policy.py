@@ -7,8 +7,9 @@
   the selector's threshold (calibrated on validation episodes, `models/chandler-selector`);
   otherwise the best-scoring generation.
 
-Where the selector has an `lm_weight`, the top-k lines are first reranked with the engine's LM
-(`serve/character/rerank.py`), and the threshold is on that reranked score.
+Where the selector has a fitted LM rerank (`lm_weight`) and `rerank` is on, the top-k lines are first
+reranked with the engine's LM (`serve/character/rerank.py`), and the threshold is the one fitted on
+that reranked score; with `rerank` off, the selector's own score and threshold decide (faster).
 
 A line already said in the channel's recent context (by anyone) is never sent again. The source of
 each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
@@ -58,14 +59,16 @@ class ReplyPolicy:
     except under `generate` (a missing one raises `SelectorError` with one line for the user)."""
 
     def __init__(self, mode: str = DEFAULT_MODE, selector: Path | str = DEFAULT_SELECTOR,
-                 lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K) -> None:
+                 lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K, rerank: bool = True) -> None:
         check_files(mode, selector, lines)
         self.mode, self.top_k = mode, top_k
-        self.selector = self.index = self.rerank = None
+        self.selector = self.index = self.rerank = self.threshold = None
         if mode != "generate":
             self.selector = Selector(selector)
             self.index = LineIndex(lines, self.selector)
-            self.rerank = LmRerank(self.selector.lm_weight) if self.selector.lm_weight else None
+            reranked = rerank and self.selector.lm_weight > 0
+            self.rerank = LmRerank(self.selector.lm_weight) if reranked else None
+            self.threshold = self.selector.rerank_threshold if reranked else self.selector.threshold
 
     def generations(self, sampling) -> int:
         """Sampled replies the engine makes per conversation under this mode (quote: none)."""
@@ -93,7 +96,7 @@ class ReplyPolicy:
         for i, (group, raw) in enumerate(zip(fresh, generated)):
             own = scores[i, start : start + len(group)] if group else np.zeros(0)
             start += len(group)
-            if lines[i] and (self.mode == "quote" or not group or lines[i][0].score >= self.selector.threshold):
+            if lines[i] and (self.mode == "quote" or not group or lines[i][0].score >= self.threshold):
                 choices.append(quote(lines[i][0]))
             elif group:
                 best = int(np.argmax(own))

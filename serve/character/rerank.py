@@ -33,13 +33,17 @@ class LmRerank:
         if engine is not self.engine:
             self.engine, self._priors = engine, {}
 
-    def pmi(self, conversations: Sequence[Sequence[Turn]], replies: Sequence[str]) -> np.ndarray:
+    def priors(self, replies: Sequence[str]) -> np.ndarray:
+        """Each reply's summed log-prob after NEUTRAL_TURNS (computed once per reply and engine)."""
         unseen = sorted(set(replies) - self._priors.keys())
         if unseen:
             priors = self.engine.reply_log_probs([NEUTRAL_TURNS] * len(unseen), unseen)
             self._priors.update(zip(unseen, map(sum, priors)))
+        return np.array([self._priors[reply] for reply in replies])
+
+    def pmi(self, conversations: Sequence[Sequence[Turn]], replies: Sequence[str]) -> np.ndarray:
         conditional = self.engine.reply_log_probs(conversations, replies) if replies else []
-        return np.array([sum(log_probs) - self._priors[reply] for log_probs, reply in zip(conditional, replies)])
+        return np.array([sum(log_probs) for log_probs in conditional]) - self.priors(replies)
 
     def rerank(self, conversations: Sequence[Sequence[Turn]], lines: Sequence[Sequence[Line]]) -> list[list[Line]]:
         """Each conversation's lines with selector score + weight × PMI, best first; one LM batch."""

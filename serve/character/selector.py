@@ -73,8 +73,10 @@ class Selector:
         settings = read_settings(self.folder)
         self.id = settings["id"]
         self.message_weight = float(settings.get("message_weight", 0.0))
-        self.threshold = float(settings.get("threshold", 1.0))
-        self.lm_weight = float(settings.get("lm_weight", 0.0))  # the LM rerank's (serve/character/rerank.py)
+        self.threshold = float(settings.get("threshold", 1.0))  # on the selector's own score
+        rerank = settings.get("rerank", {})  # the LM rerank's fit (serve/character/rerank.py), if any
+        self.lm_weight = float(rerank.get("lm_weight", 0.0))
+        self.rerank_threshold = float(rerank.get("threshold", self.threshold))  # on the reranked score
         try:
             self.encoder = load_selector_encoder(str(self.folder))
         except (OSError, ValueError) as error:
