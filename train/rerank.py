@@ -114,9 +114,7 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     shipped = f"selector, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
     metrics["test"] = {**{name.removesuffix(" (shipped)"): value for name, value in metrics["test"].items()},
                        shipped: reranked_recall(test_scores, test_pmi, test_pools, weight)}
-    metrics.update(validation_by_lm_weight={str(w): recall for w, recall in by_weight.items()}, lm_weight=weight,
-                   rerank_threshold=settings["rerank"]["threshold"], rerank_validation_pairs=limit)
+    metrics.update(validation_by_lm_weight={str(w): recall for w, recall in by_weight.items()}, rerank=settings["rerank"])
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     write_card(folder, settings, metrics)
-    return {"lm_weight": weight, "threshold": settings["rerank"]["threshold"], "test": metrics["test"][shipped],
-            "validation": by_weight[weight]}
+    return {"rerank": settings["rerank"], "test": metrics["test"][shipped], "validation": by_weight[weight]}
