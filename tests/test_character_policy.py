@@ -131,7 +131,7 @@ def test_no_line_already_in_the_conversation_is_sent_again(selector_folder, line
     assert blend.choose([turns], [["  " + said.upper(), "Accounting, sort of."]])[0].text == "Accounting, sort of."
 
 
-def test_respond_reports_sources_and_generate_mode_uses_the_engine_alone(selector_folder, lines_folder):
+def test_respond_generates_only_where_no_real_line_answers(selector_folder, lines_folder):
     class Engine:  # the policy's side of the engine interface, counted
         calls: list = []
 
@@ -150,10 +150,22 @@ def test_respond_reports_sources_and_generate_mode_uses_the_engine_alone(selecto
     from serve.engine import Sampling
 
     engine = Engine()
+    gym = [{"speaker": "Alex", "text": "I finally went back to the gym today."}]
     blend = policy("blend", selector_folder, lines_folder, threshold=-5.0)
+    answers = respond(engine, blend, [JOB, gym], Sampling(best_of=2))
+    assert [source for _, source in answers] == [{"kind": "quote", "season": 3, "episode": 5}, {"kind": "quote", "season": 1, "episode": 2}]
+    assert answers[0][0].prompt_tokens == 7 and engine.calls == []  # quoted: nothing generated
+    blend = policy("blend", selector_folder, lines_folder, threshold=5.0)
     (reply, source), = respond(engine, blend, [JOB], Sampling(best_of=2))
-    assert source == {"kind": "quote", "season": 3, "episode": 5} and reply.prompt_tokens == 7
-    assert engine.calls[-1] == (4, 1)  # BLEND_GENERATIONS candidates, each returned (best_of 1 per row)
+    assert source == {"kind": "generated"} and reply.text == "Could I BE any more employed?"
+    assert engine.calls == [(4, 1)]  # BLEND_GENERATIONS candidates, each returned (best_of 1 per row)
+    # quote: a generation only where every retrieved line was already said
+    quoting = policy("quote", selector_folder, lines_folder, threshold=5.0)
+    said = [*JOB, *({"speaker": "Chandler", "text": line} for line, *_ in LINES), {"speaker": "Alex", "text": "Really?"}]
+    engine.calls.clear()
+    (first, first_source), (second, second_source) = respond(engine, quoting, [JOB, said], Sampling())
+    assert first_source["kind"] == "quote" and second_source == {"kind": "generated"}
+    assert engine.calls == [(1, 1)]
     (reply, source), = respond(engine, ReplyPolicy("generate"), [JOB], Sampling())
     assert source == {"kind": "generated"} and reply.text == "Could I BE any more employed?"
 

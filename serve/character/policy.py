@@ -1,11 +1,12 @@
 """The reply policy: `generate | quote | blend` (default blend).
 
 - generate: the engine's reply, as before (`best_of` included).
-- quote: the best real line among the index's top-k for the conversation.
-- blend: candidates are `generations` sampled replies plus the top-k real lines; the selector
-  scores all of them against the conversation. The best real line is sent when its score reaches
-  the selector's threshold (calibrated on validation episodes, `models/chandler-selector`);
-  otherwise the best-scoring generation.
+- quote: the best real line among the index's top-k for the conversation (a generation only where
+  every one of them was already said).
+- blend: the best of the top-k real lines is sent when its score reaches the selector's threshold
+  (calibrated on validation episodes, `models/chandler-selector`); otherwise `generations` sampled
+  replies, and the one the selector scores best against the conversation. The engine generates
+  only for the conversations that need it (`respond`), so a quoted reply costs no generation.
 
 Where the selector has a fitted LM rerank (`lm_weight`) and `rerank` is on, the top-k lines are first
 reranked with the engine's LM (`serve/character/rerank.py`), and the threshold is the one fitted on
@@ -71,54 +72,82 @@ class ReplyPolicy:
             self.threshold = self.selector.rerank_threshold if reranked else self.selector.threshold
 
     def generations(self, sampling) -> int:
-        """Sampled replies the engine makes per conversation under this mode (quote: none)."""
+        """Sampled replies the engine makes for a conversation that no real line answers (quote: one,
+        where every retrieved line was already said)."""
         if self.mode == "quote":
-            return 0
+            return 1
         return max(sampling.best_of, BLEND_GENERATIONS) if sampling.temperature > 0 else 1
 
-    def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]], engine=None) -> list[Choice]:
+    def lines(self, conversations: Sequence[Sequence[Turn]], engine=None) -> list[Line | None]:
+        """Each conversation's best real line not yet said in it (None if none is left); the encoders
+        run once per batch, and so does the `engine`'s LM when the lines are reranked (it must be
+        given then)."""
+        lines = self.index.top(self.selector.conversations(conversations), self.top_k, conversations)
+        if self.rerank is not None:
+            self.rerank.bind(engine)
+            lines = self.rerank.rerank(conversations, lines)
+        return [group[0] if group else None for group in lines]
+
+    def sendable(self, line: Line | None) -> bool:
+        """Whether the line answers without generations: under quote any line, under blend one
+        whose score reaches the threshold."""
+        return line is not None and (self.mode == "quote" or line.score >= self.threshold)
+
+    def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]], engine=None,
+               lines: Sequence[Line | None] | None = None) -> list[Choice]:
         """The reply for each conversation (its turns including the new message) among its
-        `generated` candidates and the index's lines; the encoders run once per batch, and so
-        does the `engine`'s LM when the selector's lines are reranked (it must be given then)."""
+        `generated` candidates and its best real line (`lines`, looked up here when not given)."""
         said = [said_in(turns) for turns in conversations]
         fresh = [[text for text in group if text.strip() and normalized(text) not in seen]
                  for group, seen in zip(generated, said)]
         if self.mode == "generate":
             return [Choice(group[0] if group else (raw[0] if raw else "")) for group, raw in zip(fresh, generated)]
-        conversation_vectors = self.selector.conversations(conversations)
-        lines = self.index.top(conversation_vectors, self.top_k, conversations)
-        if self.rerank is not None:
-            self.rerank.bind(engine)
-            lines = self.rerank.rerank(conversations, lines)
-        flat = [text for group in fresh for text in group]
-        scores = self.selector.score(conversation_vectors, self.selector.replies(flat)) if flat else None
-        choices, start = [], 0
-        for i, (group, raw) in enumerate(zip(fresh, generated)):
-            own = scores[i, start : start + len(group)] if group else np.zeros(0)
-            start += len(group)
-            if lines[i] and (self.mode == "quote" or not group or lines[i][0].score >= self.threshold):
-                choices.append(quote(lines[i][0]))
-            elif group:
-                best = int(np.argmax(own))
-                choices.append(Choice(group[best], dict(GENERATED), float(own[best])))
+        lines = self.lines(conversations, engine) if lines is None else lines
+        best = self.best_generated(conversations, fresh)
+        choices = []
+        for line, generation, raw in zip(lines, best, generated):
+            if self.sendable(line) or (line is not None and generation is None):
+                choices.append(quote(line))
             else:
-                choices.append(Choice(raw[0] if raw else ""))
+                choices.append(generation or Choice(raw[0] if raw else ""))
         return choices
+
+    def best_generated(self, conversations: Sequence[Sequence[Turn]], fresh: Sequence[Sequence[str]]) -> list[Choice | None]:
+        """For each conversation, the candidate the selector scores best against it (None if none)."""
+        scored = [i for i, group in enumerate(fresh) if group]
+        best: list[Choice | None] = [None] * len(fresh)
+        if not scored:
+            return best
+        flat = [text for i in scored for text in fresh[i]]
+        scores = self.selector.score(self.selector.conversations([conversations[i] for i in scored]), self.selector.replies(flat))
+        start = 0
+        for row, i in enumerate(scored):
+            own = scores[row, start : start + len(fresh[i])]
+            start += len(fresh[i])
+            top = int(np.argmax(own))
+            best[i] = Choice(fresh[i][top], dict(GENERATED), float(own[top]))
+        return best
 
 
 def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling) -> list[tuple]:
-    """(Reply, source) for each conversation: the engine's candidates generated as one batch, then
-    the policy's choice. Under `generate` the engine alone answers (its own best_of included)."""
+    """(Reply, source) for each conversation. Under `generate` the engine alone answers (its own
+    best_of included). Otherwise the real lines are looked up first, and the engine generates
+    candidates (one batch) only for the conversations that no line answers: the choice is the
+    same as with every candidate made, without the wait for generations that would be discarded."""
     from serve.engine import Reply
 
     if policy.mode == "generate":
         return [(reply, dict(GENERATED)) for reply in engine.generate(conversations, sampling)]
+    lines = policy.lines(conversations, engine)
+    unanswered = [i for i, line in enumerate(lines) if not policy.sendable(line)]
     n = policy.generations(sampling)
-    flat = engine.generate([turns for turns in conversations for _ in range(n)], replace(sampling, best_of=1)) if n else []
-    groups = [flat[i * n : (i + 1) * n] for i in range(len(conversations))]
-    choices = policy.choose(conversations, [[reply.text for reply in group] for group in groups], engine)
+    flat = engine.generate([conversations[i] for i in unanswered for _ in range(n)], replace(sampling, best_of=1)) if unanswered else []
+    groups = {i: flat[k * n : (k + 1) * n] for k, i in enumerate(unanswered)}
+    choices = policy.choose(conversations, [[reply.text for reply in groups.get(i, [])] for i in range(len(conversations))],
+                            engine, lines)
     answers = []
-    for turns, group, choice in zip(conversations, groups, choices):
+    for i, (turns, choice) in enumerate(zip(conversations, choices)):
+        group = groups.get(i)
         prompt_tokens = group[0].prompt_tokens if group else len(engine.prompt_ids(turns))
         answers.append((Reply(choice.text, prompt_tokens, engine.count_tokens(choice.text)), choice.source))
     return answers
