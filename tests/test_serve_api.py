@@ -7,7 +7,7 @@ import httpx
 import pytest
 from conftest import SERVE_API_KEY
 
-from serve.api.redis_context import KEY
+from serve.api.redis_context import KEY, STATE
 
 AUTH = {"Authorization": f"Bearer {SERVE_API_KEY}"}
 TIMEOUT = 180
@@ -81,8 +81,14 @@ def test_reset_forgets_the_channel(serve_app, redis_db):
 async def test_concurrent_requests_in_one_channel_keep_every_turn_in_order(serve_app, redis_db):
     messages = [f"message number {i}" for i in range(7)]
     async with httpx.AsyncClient(timeout=TIMEOUT, headers=AUTH) as client:
+        async def opened(count: int) -> None:
+            while int(redis_db.hget(STATE.format("c-busy"), "seq") or 0) < count:
+                await asyncio.sleep(0.02)
+
         async def send(i: int, text: str) -> httpx.Response:
-            await asyncio.sleep(0.25 * i)  # a known arrival order, still all in flight together
+            # A known arrival order however busy the machine: each request goes once the one before
+            # has taken its place in the channel's order, and all are still in flight together.
+            await asyncio.wait_for(opened(i), TIMEOUT)
             body = {"channel_id": "c-busy", "user": {"id": str(i), "name": f"User{i}"}, "message": text}
             return await client.post(f"{serve_app}/v1/chat", json=body)
 
