@@ -132,8 +132,8 @@ class ReplyPolicy:
 def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling) -> list[tuple]:
     """(Reply, source) for each conversation. Under `generate` the engine alone answers (its own
     best_of included). Otherwise the real lines are looked up first, and the engine generates
-    candidates (one batch) only for the conversations that no line answers: the choice is the
-    same as with every candidate made, without the wait for generations that would be discarded."""
+    candidates (one batch) only for the conversations that no line answers, and `choose` applies
+    its usual rule: a quoted reply waits for no generation it would discard."""
     from serve.engine import Reply
 
     if policy.mode == "generate":
