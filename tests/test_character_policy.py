@@ -11,9 +11,12 @@ import pytest
 
 from serve.character.lines import Line, LineIndex, write_index
 from serve.character.policy import ReplyPolicy, check_files, respond
+from serve.character.preference import FEATURES, WEIGHTS, Preference
 from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector, SelectorError, context_text
 from train.blind import score
+from train.examples import TrainDataError
+from train.preferences import fit_preference
 from train.ranking import distractor_draws, recall_at_1
 from train.rerank import candidate_pools, lm_pairs, reranked_recall
 
@@ -360,3 +363,60 @@ def test_a_selector_continued_from_another_records_and_describes_every_stage(tmp
     assert "Stage 1: trained on the fixture train split's (conversation, Chandler reply) pairs: 0 epochs" in card
     assert "Stage 2, continuing from it: trained on the fixture train split's (conversation, Chandler reply) pairs: 1.0 epochs" in card
     assert "rerank" not in card
+
+
+def test_a_readers_preference_orders_the_lines_and_the_threshold_stays_on_their_fit(engine, selector_folder, lines_folder, tmp_path):
+    lines = [[Line("I work in data processing, and no, nobody knows what that means.", 1, 2, 0.40), Line("Who's there?", 1, 1, 0.10)]]
+    shorter = np.zeros(len(FEATURES) + 384)
+    shorter[FEATURES.index("log words")] = -10.0
+    preferred = LmRerank(1.0, Preference(shorter))
+    preferred.bind(engine)
+    first, second = preferred.rerank([JOB], lines)[0]
+    plain = LmRerank(1.0)
+    plain.bind(engine)
+    assert first.text == "Who's there?" and plain.rerank([JOB], lines)[0][0].text != first.text
+    pmi = plain.pmi([JOB, JOB], [first.text, second.text])
+    assert first.score == pytest.approx(0.10 + pmi[0], abs=1e-4) and second.score == pytest.approx(0.40 + pmi[1], abs=1e-4)
+    # Shipped in the selector's folder, the policy orders its lines by it.
+    assert Preference.load(tmp_path) is None
+    Preference(shorter).save(selector_folder)
+    try:
+        fitted = {"lm_weight": 1.0, "threshold": -100.0}
+        quoted, = policy("blend", selector_folder, lines_folder, threshold=5.0, rerank=fitted).choose([JOB], [["Banana."]], engine)
+        default, = policy("blend", selector_folder, lines_folder, threshold=5.0, rerank=fitted, switch=False).choose([JOB], [[]])
+        assert len(quoted.text.split()) < len(default.text.split())
+    finally:
+        (selector_folder / WEIGHTS).unlink()
+        set_settings(selector_folder, rerank={})
+
+
+def write_round(folder, picks, second=None):
+    """A labelled round: each item's options, the readers' picks (1-based) and a second reader's."""
+    folder.mkdir()
+    options = [["Who's there?", "I have been thinking about knocking for a very long time now, Joey.", "Knock knock yourself, my friend, and good night."],
+               ["It's data processing.", "Do you know, I'm not entirely sure what the company even does with its data.", "Something with numbers and a lot of very long meetings."]]
+    key = {f"r{n}": {"turns": KNOCK if n % 2 else JOB, "options": options[n % 2], "top": [0, 1, 2]} for n in range(len(picks))}
+    (folder / "key.json").write_text(json.dumps(key))
+    for name, chosen in (("labels.jsonl", picks), ("second-reader.jsonl", second)):
+        if chosen:
+            (folder / name).write_text("".join(json.dumps({"id": f"r{n}", "choice": str(c)}) + "\n" for n, c in enumerate(chosen)))
+
+
+def test_the_preference_fit_learns_the_readers_picks(engine, tmp_path):
+    folder = make_selector(tmp_path / "selector")
+    write_round(tmp_path / "round1", [1] * 10, second=[1, 1, 2])  # the readers always pick the shortest line
+    report = fit_preference([tmp_path / "round1"], folder, engine)
+    assert report["labelled"] == 10 and report["chance"] == pytest.approx(1 / 3, abs=1e-3)
+    assert report["cross_validated_accuracy"] == 1.0 and report["weights"]["log words"] < 0
+    assert report["second_reader_agreement"] == [pytest.approx(2 / 3, abs=1e-3)]
+    assert json.loads((folder / SETTINGS).read_text())["preference"]["labelled"] == 10
+    learned = Preference.load(folder)
+    assert learned.weights.shape == (len(FEATURES) + 384,)
+
+
+def test_a_bad_label_is_one_clear_error(tmp_path, selector_folder):
+    write_round(tmp_path / "round1", [1, 4])
+    with pytest.raises(TrainDataError, match="bad label"):
+        fit_preference([tmp_path / "round1"], selector_folder)
+    with pytest.raises(TrainDataError, match="no readable key.json"):
+        fit_preference([tmp_path / "missing"], selector_folder)

@@ -82,6 +82,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
                        help="make-examples: the plain generations that `make` cached")
+    preferences = commands.add_parser("preferences", help="readers' picks among the policy's top lines: `make` items, `fit` the order")
+    preferences.add_argument("step", choices=["make", "fit"])
+    preferences.add_argument("--data", type=Path, default=Path("build/chandler"))
+    preferences.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    preferences.add_argument("--lines", type=Path, default=Path("build/lines-train"),
+                             help="make: an index without the validation episodes (`python -m train lines --splits train`)")
+    preferences.add_argument("--conversations", type=int, default=300, help="make: validation conversations to label")
+    preferences.add_argument("--out", type=Path, default=Path("eval/preferences/round3"), help="make: the round's folder")
+    preferences.add_argument("--rounds", type=Path, nargs="+", default=sorted(Path("eval/preferences").glob("round*")),
+                             help="fit: labelled rounds (folders with key.json and labels.jsonl)")
     export = commands.add_parser("export", help="the merged model (base + adapter) as a GGUF file for llama.cpp / Ollama")
     export.add_argument("--gguf", type=Path, required=True, help="the .gguf file to write")
     export.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one) or 'none'")
@@ -165,6 +175,15 @@ def run_blind(args: argparse.Namespace) -> None:
         print(score(args.out))
 
 
+def run_preferences(args: argparse.Namespace) -> None:
+    from train.preferences import fit_preference, make_items
+
+    if args.step == "make":
+        print(make_items(args.data, args.selector, args.lines, args.out, args.conversations))
+    else:
+        print(fit_preference(args.rounds, args.selector))
+
+
 def run_export(args: argparse.Namespace) -> None:
     from train.export import export_gguf
 
@@ -178,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
-         "lines": run_lines, "rerank": run_rerank, "blind": run_blind, "export": run_export}[args.command](args)
+         "lines": run_lines, "rerank": run_rerank, "blind": run_blind, "preferences": run_preferences,
+         "export": run_export}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -169,6 +169,16 @@ def rerank_text(settings: dict) -> str:
             f" on the first {rerank['validation_pairs']} validation conversations; `rerank` off skips it).")
 
 
+def preference_text(settings: dict) -> str:
+    if not settings.get("preference"):
+        return ""
+    fit = settings["preference"]
+    return (f" Blend sends the reranked line that readers would pick first (`preference.safetensors`, fitted by"
+            f" `python -m train preferences fit` to {fit['labelled']} readers' picks among the top lines of conversations it"
+            f" was not trained on: 5-fold accuracy {fit['cross_validated_accuracy']}, against {fit['policy_order_accuracy']} for"
+            f" the reranked order and {fit['chance']} by chance).")
+
+
 def threshold_text(settings: dict) -> str:
     text = f"A retrieved real line is quoted when its score reaches {settings['threshold']}"
     if settings.get("rerank"):
@@ -212,7 +222,7 @@ replies). {training}
 
 The conversation side is its last 4 turns, newest first, `Name: text` joined by ` | `
 (`serve.character.selector.context_text`). The shipped score is the tuned cosine plus
-{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).{rerank_text(settings)}
+{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).{rerank_text(settings)}{preference_text(settings)}
 Weights are fp16 safetensors; `selector.json` holds the id that the line index records.
 
 ## Recall@1 on test episodes ({metrics['test_pairs']} held-out pairs; goal R10@1 ≥ 0.55, R100@1 ≥ 0.30)

@@ -10,7 +10,9 @@
 
 Where the selector has a fitted LM rerank (`lm_weight`) and `rerank` is on, the top-k lines are first
 reranked with the engine's LM (`serve/character/rerank.py`), and the threshold is the one fitted on
-that reranked score; with `rerank` off, the selector's own score and threshold decide (faster).
+that reranked score; where the selector also has a readers' preference (`preference.py`), the
+best line is the one it ranks first. With `rerank` off, the selector's own score and threshold
+decide (faster).
 
 A line already said in the channel's recent context (by anyone) is never sent again. The source of
 each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
@@ -25,6 +27,7 @@ import numpy as np
 
 from data.dialogue import Turn
 from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized, said_in
+from serve.character.preference import Preference
 from serve.character.rerank import LmRerank
 from serve.character.selector import DEFAULT_SELECTOR, Selector, SelectorError, selector_id
 
@@ -68,7 +71,7 @@ class ReplyPolicy:
             self.selector = Selector(selector)
             self.index = LineIndex(lines, self.selector)
             reranked = rerank and self.selector.lm_weight > 0
-            self.rerank = LmRerank(self.selector.lm_weight) if reranked else None
+            self.rerank = LmRerank(self.selector.lm_weight, Preference.load(selector)) if reranked else None
             self.threshold = self.selector.rerank_threshold if reranked else self.selector.threshold
 
     def generations(self, sampling) -> int:

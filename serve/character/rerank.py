@@ -4,7 +4,9 @@ A line's reranked score is its selector score plus `lm_weight` × its PMI under 
 engine (base + adapter): the line's summed log-probability after the conversation's prompt minus
 after a neutral one, so a line the LM finds likely anywhere ("Okay.") gains nothing from it. The
 selector and the LM miss different replies; `python -m train rerank` fits the weight, and the
-quoting threshold on the reranked score, on validation episodes (`selector.json`).
+quoting threshold on the reranked score, on validation episodes (`selector.json`). Where the
+selector has a readers' preference (`serve/character/preference.py`), the lines are ordered by it
+instead; their scores stay selector + LM, for the threshold.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from data.dialogue import Turn
 from serve.character.lines import Line
+from serve.character.preference import Preference
 
 NEUTRAL_TURNS: list[Turn] = [{"speaker": "Someone", "text": "..."}]  # "no conversation": the PMI's prior
 
@@ -22,8 +25,8 @@ NEUTRAL_TURNS: list[Turn] = [{"speaker": "Someone", "text": "..."}]  # "no conve
 class LmRerank:
     """PMI of replies under one engine (`bind` another and the cached priors are dropped)."""
 
-    def __init__(self, weight: float) -> None:
-        self.weight = weight
+    def __init__(self, weight: float, preference: Preference | None = None) -> None:
+        self.weight, self.preference = weight, preference
         self.engine = None
         self._priors: dict[str, float] = {}  # reply -> summed log-prob after NEUTRAL_TURNS
 
@@ -46,8 +49,17 @@ class LmRerank:
         return np.array([sum(log_probs) for log_probs in conditional]) - self.priors(replies)
 
     def rerank(self, conversations: Sequence[Sequence[Turn]], lines: Sequence[Sequence[Line]]) -> list[list[Line]]:
-        """Each conversation's lines with selector score + weight × PMI, best first; one LM batch."""
+        """Each conversation's lines scored selector + weight × PMI, best first (by the readers'
+        preference where there is one, else by that score); one LM batch."""
         pairs = [(turns, line) for turns, group in zip(conversations, lines) for line in group]
-        pmi = iter(self.pmi([turns for turns, _ in pairs], [line.text for _, line in pairs]))
-        rescored = [[replace(line, score=line.score + self.weight * float(next(pmi))) for line in group] for group in lines]
-        return [sorted(group, key=lambda line: -line.score) for group in rescored]
+        pmi = self.pmi([turns for turns, _ in pairs], [line.text for _, line in pairs])
+        ordered, start = [], 0
+        for turns, group in zip(conversations, lines):
+            values, start = pmi[start : start + len(group)], start + len(group)
+            rescored = [replace(line, score=line.score + self.weight * float(value)) for line, value in zip(group, values)]
+            if self.preference is None:
+                rank = [line.score for line in rescored]
+            else:
+                rank = self.preference.scores(turns, [line.text for line in group], [line.score for line in group], values)
+            ordered.append([rescored[i] for i in np.argsort(-np.asarray(rank), kind="stable")])
+        return ordered
