@@ -15,7 +15,7 @@ URL with its password, the feedback salt) come only from the environment and are
 | CHANDLER_TOP_P                | 0.9        | nucleus sampling                                        |
 | CHANDLER_BEST_OF              | 1          | >1: sample n replies, send the most Chandler-like (n× the compute; whole replies, not streamed word by word) |
 | CHANDLER_REPLY_MODE           | blend      | `generate`, `quote` (his real lines) or `blend` (the selector picks among both; one piece, not streamed word by word) |
-| CHANDLER_RERANK               | on         | `off`: the selector alone picks his line, no LM rerank of its top lines (~0.9 s sooner on 2 CPU cores) |
+| CHANDLER_RERANK               | on         | `off`: the selector alone picks his line, no LM rerank of its top lines (~1 s sooner on 2 CPU cores) |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |
 | CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above; prompts are also capped in tokens, data/dialogue.py) |

@@ -28,8 +28,7 @@ FEATURES = ("selector score", "PMI", "untuned message–line cosine", "log words
 def features(turns: Sequence[Turn], texts: Sequence[str], selector_scores: Sequence[float],
              pmi: Sequence[float]) -> np.ndarray:
     """(lines × features) of one conversation's candidate lines: `FEATURES`, then the line embedding."""
-    lines = embed(list(texts))
-    message = embed([last_message(turns)])[0]
+    *lines, message = embed([*texts, last_message(turns)])  # one encoder call
     named = np.array([[score, value, line @ message, np.log(max(len(text.split()), 1)), text.rstrip().endswith("?")]
                       for text, score, value, line in zip(texts, selector_scores, pmi, lines)], dtype=np.float64)
     return np.hstack([named, lines])
