@@ -16,7 +16,7 @@ from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector, SelectorError, context_text
 from train.blind import score
 from train.examples import TrainDataError
-from train.preferences import fit_preference
+from train.preferences import fit_preference, make_items
 from train.ranking import distractor_draws, recall_at_1
 from train.rerank import candidate_pools, lm_pairs, reranked_recall
 
@@ -420,3 +420,24 @@ def test_a_bad_label_is_one_clear_error(tmp_path, selector_folder):
         fit_preference([tmp_path / "round1"], selector_folder)
     with pytest.raises(TrainDataError, match="no readable key.json"):
         fit_preference([tmp_path / "missing"], selector_folder)
+
+
+def test_preference_items_hold_the_policys_top_lines_of_unindexed_episodes(tmp_path, selector_folder, lines_folder):
+    data = tmp_path / "data"
+    data.mkdir()
+    unseen = [{"context": [{"speaker": "Ross", "text": text}], "reply": "Sure.", "season": 9, "episode": 9}
+              for text in ("So what is your job exactly?", "We should get a puppy.")]
+    (data / "validation.jsonl").write_text("".join(json.dumps(record) + "\n" for record in unseen))
+    assert make_items(data, selector_folder, lines_folder, tmp_path / "round", 5) == {"items": 2, "out": str(tmp_path / "round")}
+    key = json.loads((tmp_path / "round" / "key.json").read_text())
+    items = [json.loads(line) for line in (tmp_path / "round" / "items.jsonl").read_text().splitlines()]
+    index = LineIndex(lines_folder, Selector(selector_folder))
+    for item in items:
+        entry = key[item["id"]]
+        top = index.top(index.selector.conversations([entry["turns"]]), 5, [entry["turns"]])[0]
+        assert sorted(item["options"].values()) == sorted(line.text for line in top) == sorted(entry["options"])
+        assert item["context"] == [f"Ross: {entry['turns'][0]['text']}"] and entry["top"] == list(range(len(top)))
+    indexed = {**unseen[0], "season": 1, "episode": 2}  # an episode the index holds: its true line could be an option
+    (data / "validation.jsonl").write_text(json.dumps(indexed) + "\n")
+    with pytest.raises(TrainDataError, match="--splits train`"):
+        make_items(data, selector_folder, lines_folder, tmp_path / "leaky", 5)

@@ -138,12 +138,13 @@ def write_pairs(out: Path, pairs: list[dict], rng: random.Random, prefix: str) -
     (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
 
 
-def check_held_out(index: LineIndex, conversations: list[dict]) -> None:
+def check_held_out(index: LineIndex, conversations: list[dict], splits: str = "train validation") -> None:
+    """The index holds none of the held-out conversations' episodes (`splits`: what to index instead)."""
     indexed = {(line.season, line.episode) for line in index.lines}
     leaked = {(c["season"], c["episode"]) for c in conversations if c["kind"] == "held-out"} & indexed
     if leaked:
         raise TrainDataError(f"{index.folder}: the index holds held-out episodes {sorted(leaked)[:3]}...; "
-                             "build it with `python -m train lines --splits train validation`")
+                             f"build it with `python -m train lines --splits {splits}`")
 
 
 def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEND_GENERATIONS,

@@ -41,7 +41,7 @@ def make_items(data: Path, selector: Path, lines: Path, out: Path, conversations
     validation = [r for r in read_split(data, "validation") if r["context"][-1]["speaker"] != CHARACTER]
     chosen = random.Random(seed).sample(validation, min(conversations, len(validation)))
     policy = ReplyPolicy("quote", selector, lines)
-    check_held_out(policy.index, [{"kind": "held-out", **record} for record in chosen])
+    check_held_out(policy.index, [{"kind": "held-out", **record} for record in chosen], splits="train")
     turns = [record["context"] for record in chosen]
     tops = policy.index.top(policy.selector.conversations(turns), TOP_K, turns)
     rng = random.Random(seed)
