@@ -102,13 +102,13 @@ def item_features(items: list[dict], selector: Selector, lm: LmRerank) -> list[t
     """Per item: its lines' features, selector scores and PMI (one encoder and one LM batch for all)."""
     flat = [line for item in items for line in item["lines"]]
     pmi = lm.pmi([item["turns"] for item in items for _ in item["lines"]], flat)
-    scores = selector.score(selector.conversations([item["turns"] for item in items]), selector.replies(flat))
-    rows, start = [], 0
-    for n, item in enumerate(items):
-        end = start + len(item["lines"])
-        rows.append((features(item["turns"], item["lines"], scores[n, start:end], pmi[start:end]), scores[n, start:end], pmi[start:end]))
-        start = end
-    return rows
+    conversations = [item["turns"] for item in items]
+    scores = selector.score(selector.conversations(conversations), selector.replies(flat))
+    bounds = np.cumsum([0, *(len(item["lines"]) for item in items)])
+    own_scores = [scores[n, start:end] for n, (start, end) in enumerate(zip(bounds, bounds[1:]))]
+    own_pmi = [pmi[start:end] for start, end in zip(bounds, bounds[1:])]
+    matrices = features(conversations, [item["lines"] for item in items], own_scores, own_pmi)
+    return list(zip(matrices, own_scores, own_pmi))
 
 
 def negative_log_likelihood(weights: np.ndarray, rows: list[np.ndarray], picks: list[int], penalty: np.ndarray):

@@ -25,13 +25,19 @@ WEIGHTS = "preference.safetensors"
 FEATURES = ("selector score", "PMI", "untuned message–line cosine", "log words", "ends with ?")
 
 
-def features(turns: Sequence[Turn], texts: Sequence[str], selector_scores: Sequence[float],
-             pmi: Sequence[float]) -> np.ndarray:
-    """(lines × features) of one conversation's candidate lines: `FEATURES`, then the line embedding."""
-    *lines, message = embed([*texts, last_message(turns)])  # one encoder call
-    named = np.array([[score, value, line @ message, np.log(max(len(text.split()), 1)), text.rstrip().endswith("?")]
-                      for text, score, value, line in zip(texts, selector_scores, pmi, lines)], dtype=np.float64)
-    return np.hstack([named, lines])
+def features(conversations: Sequence[Sequence[Turn]], lines: Sequence[Sequence[str]],
+             selector_scores: Sequence[Sequence[float]], pmi: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """For each conversation, (lines × features) of its candidate lines: `FEATURES`, then the line
+    embedding; one encoder call for the whole batch."""
+    texts = [text for group in lines for text in group]
+    vectors = embed(texts + [last_message(turns) for turns in conversations])
+    rows, start = [], 0
+    for group, message, scores, values in zip(lines, vectors[len(texts):], selector_scores, pmi):
+        own, start = vectors[start : start + len(group)], start + len(group)
+        named = [[score, value, line @ message, np.log(max(len(text.split()), 1)), text.rstrip().endswith("?")]
+                 for text, score, value, line in zip(group, scores, values, own)]
+        rows.append(np.hstack([np.array(named, dtype=np.float64).reshape(len(group), len(FEATURES)), own]))
+    return rows
 
 
 class Preference:
@@ -58,8 +64,7 @@ class Preference:
 
         save_file({"weights": self.weights.astype(np.float32)}, str(Path(folder) / WEIGHTS))
 
-    def scores(self, turns: Sequence[Turn], texts: Sequence[str], selector_scores: Sequence[float],
-               pmi: Sequence[float]) -> np.ndarray:
-        if not texts:
-            return np.zeros(0)
-        return features(turns, texts, selector_scores, pmi) @ self.weights
+    def scores(self, conversations: Sequence[Sequence[Turn]], lines: Sequence[Sequence[str]],
+               selector_scores: Sequence[Sequence[float]], pmi: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """For each conversation, its lines' scores (one encoder call for the batch)."""
+        return [matrix @ self.weights for matrix in features(conversations, lines, selector_scores, pmi)]

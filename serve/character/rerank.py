@@ -53,13 +53,13 @@ class LmRerank:
         preference where there is one, else by that score); one LM batch."""
         pairs = [(turns, line) for turns, group in zip(conversations, lines) for line in group]
         pmi = self.pmi([turns for turns, _ in pairs], [line.text for _, line in pairs])
-        ordered, start = [], 0
-        for turns, group in zip(conversations, lines):
-            values, start = pmi[start : start + len(group)], start + len(group)
-            rescored = [replace(line, score=line.score + self.weight * float(value)) for line, value in zip(group, values)]
-            if self.preference is None:
-                rank = [line.score for line in rescored]
-            else:
-                rank = self.preference.scores(turns, [line.text for line in group], [line.score for line in group], values)
-            ordered.append([rescored[i] for i in np.argsort(-np.asarray(rank), kind="stable")])
-        return ordered
+        bounds = np.cumsum([0, *map(len, lines)])
+        values = [pmi[start:end] for start, end in zip(bounds, bounds[1:])]
+        rescored = [[replace(line, score=line.score + self.weight * float(value)) for line, value in zip(group, own)]
+                    for group, own in zip(lines, values)]
+        if self.preference is None:
+            ranks = [[line.score for line in group] for group in rescored]
+        else:
+            ranks = self.preference.scores(conversations, [[line.text for line in group] for group in lines],
+                                           [[line.score for line in group] for group in lines], values)
+        return [[group[i] for i in np.argsort(-np.asarray(rank), kind="stable")] for group, rank in zip(rescored, ranks)]
