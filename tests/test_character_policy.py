@@ -441,3 +441,63 @@ def test_preference_items_hold_the_policys_top_lines_of_unindexed_episodes(tmp_p
     (data / "validation.jsonl").write_text(json.dumps(indexed) + "\n")
     with pytest.raises(TrainDataError, match="--splits train`"):
         make_items(data, selector_folder, lines_folder, tmp_path / "leaky", 5)
+
+
+def test_ceiling_items_show_each_blind_conversation_the_selectors_top_lines(tmp_path, selector_folder, lines_folder):
+    from train.blind import EVERYDAY, HELD_OUT
+    from train.ceiling import make_items
+
+    data = tmp_path / "data"
+    data.mkdir()
+    test = [{"context": [{"speaker": "Ross", "text": f"Day {n}: so what is your job exactly?"}], "reply": "Sure.",
+             "season": 9, "episode": 9} for n in range(HELD_OUT)]
+    (data / "test.jsonl").write_text("".join(json.dumps(record) + "\n" for record in test))
+    assert make_items(data, selector_folder, lines_folder, tmp_path / "top3", 3)["items"] == HELD_OUT + len(EVERYDAY)
+    key = json.loads((tmp_path / "top3" / "key.json").read_text())
+    index = LineIndex(lines_folder, Selector(selector_folder))
+    job = key["r000"]
+    assert sorted(job["options"]) == sorted(line.text for line in index.top(index.selector.conversations([job["turns"]]), 3, [job["turns"]])[0])
+    assert key[f"r{HELD_OUT:03d}"]["turns"] == [{"speaker": "Alex", "text": EVERYDAY[0]}]
+    (data / "test.jsonl").write_text("".join(json.dumps({**record, "season": 1, "episode": 2}) + "\n" for record in test))
+    with pytest.raises(TrainDataError, match="held-out episodes"):
+        make_items(data, selector_folder, lines_folder, tmp_path / "leaky", 3)
+
+
+def test_ceiling_pairs_put_the_readers_pick_against_each_blind_rival(tmp_path):
+    from train.ceiling import make_pairs
+
+    turns = [JOB, [{"speaker": "Alex", "text": "Do you like kids?"}]]
+    options = [["It's data processing.", "Statistical analysis, and reconfiguration."], ["Kids? Love them. From afar.", "Yeah."]]
+    readers = tmp_path / "top2"
+    readers.mkdir()
+    (readers / "key.json").write_text(json.dumps({f"r{n:03d}": {"turns": t, "options": o, "top": [0, 1]}
+                                                  for n, (t, o) in enumerate(zip(turns, options))}))
+    (readers / "labels.jsonl").write_text('{"id": "r000", "choice": "2"}\n{"id": "r001", "choice": "1"}\n')
+    examples = [{"kind": "held-out", "context": ["Alex: So what is your job exactly?"], "generate": "Why?", "naive quote": "No.",
+                 "real line": "Transponster."},
+                {"kind": "everyday", "context": ["Alex: Do you like kids?"], "generate": "Oh my God!", "naive quote": "Sure."}]
+    (tmp_path / "blind").mkdir()
+    (tmp_path / "blind" / "examples.json").write_text(json.dumps(examples))
+    blend = {"id": "p000", "context": examples[0]["context"], "A": "Statistics.", "B": "Why?"}
+    (tmp_path / "blind" / "pairs.jsonl").write_text(json.dumps(blend) + "\n")
+    (tmp_path / "blind" / "key.json").write_text(json.dumps({"p000": {"conversation": 0, "kind": "held-out", "rival": "generate", "blend": "A"}}))
+    assert make_pairs([readers], tmp_path / "blind", tmp_path / "out")["pairs"] == 6
+    key = json.loads((tmp_path / "out" / "key.json").read_text())
+    for line in (tmp_path / "out" / "pairs.jsonl").read_text().splitlines():
+        pair = json.loads(line)
+        entry = key[pair["id"]]
+        if "system" not in entry:  # the blind round's own pair, judged by the same panel
+            assert pair[entry["blend"]] == "Statistics." and {pair["A"], pair["B"]} == {"Statistics.", "Why?"}
+            continue
+        pick = options[entry["conversation"]][1 - entry["conversation"]]
+        rival = examples[entry["conversation"]][entry["rival"]]
+        assert entry["system"] == "reader's pick of the top 2" and pair[entry["blend"]] == pick
+        assert pair["B" if entry["blend"] == "A" else "A"] == rival
+    (readers / "labels.jsonl").write_text('{"id": "r000", "choice": "2"}\n')
+    with pytest.raises(TrainDataError, match="no pick for 1 items"):
+        make_pairs([readers], tmp_path / "blind", tmp_path / "out")
+    (readers / "labels.jsonl").write_text('{"id": "r000", "choice": "2"}\n{"id": "r001", "choice": "1"}\n')
+    examples[1]["context"] = ["Alex: Do you hate kids?"]
+    (tmp_path / "blind" / "examples.json").write_text(json.dumps(examples))
+    with pytest.raises(TrainDataError, match="not those of"):
+        make_pairs([readers], tmp_path / "blind", tmp_path / "out")

@@ -82,6 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
                        help="make-examples: the plain generations that `make` cached")
+    ceiling = commands.add_parser("ceiling", help="readers pick among his top lines (`items`), their picks against the blind rivals (`pairs`)")
+    ceiling.add_argument("step", choices=["items", "pairs"])
+    ceiling.add_argument("--data", type=Path, default=Path("build/chandler"))
+    ceiling.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    ceiling.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
+                         help="an index without the test episodes (`python -m train lines --splits train validation`)")
+    ceiling.add_argument("--depth", type=int, default=20, help="items: the selector's top lines shown per conversation")
+    ceiling.add_argument("--readers", type=Path, nargs="+", default=[Path("eval/ceiling/top20")],
+                         help="items: the folder to write; pairs: the folders with readers' labels.jsonl")
+    ceiling.add_argument("--blind", type=Path, default=Path("eval/blind"), help="pairs: the blind round whose rivals to use")
+    ceiling.add_argument("--out", type=Path, default=Path("eval/ceiling"), help="pairs: where pairs.jsonl and key.json go")
     preferences = commands.add_parser("preferences", help="readers' picks among the policy's top lines: `make` items, `fit` the order")
     preferences.add_argument("step", choices=["make", "fit"])
     preferences.add_argument("--data", type=Path, default=Path("build/chandler"))
@@ -175,6 +186,15 @@ def run_blind(args: argparse.Namespace) -> None:
         print(score(args.out))
 
 
+def run_ceiling(args: argparse.Namespace) -> None:
+    from train.ceiling import make_items, make_pairs
+
+    if args.step == "items":
+        print(make_items(args.data, args.selector, args.lines, args.readers[0], args.depth))
+    else:
+        print(make_pairs(args.readers, args.blind, args.out))
+
+
 def run_preferences(args: argparse.Namespace) -> None:
     from train.preferences import fit_preference, make_items
 
@@ -198,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
          "lines": run_lines, "rerank": run_rerank, "blind": run_blind, "preferences": run_preferences,
-         "export": run_export}[args.command](args)
+         "ceiling": run_ceiling, "export": run_export}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

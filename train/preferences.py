@@ -44,17 +44,21 @@ def make_items(data: Path, selector: Path, lines: Path, out: Path, conversations
     check_held_out(policy.index, [{"kind": "held-out", **record} for record in chosen], splits="train")
     turns = [record["context"] for record in chosen]
     tops = policy.index.top(policy.selector.conversations(turns), TOP_K, turns)
-    rng = random.Random(seed)
+    return write_items(out, turns, [[line.text for line in top] for top in tops], random.Random(seed))
+
+
+def write_items(out: Path, conversations: list[list[dict]], options: list[list[str]], rng: random.Random) -> dict:
+    """`items.jsonl` for readers (each conversation's options numbered in random order) and `key.json`."""
     out.mkdir(parents=True, exist_ok=True)
     key = {}
     with open(out / "items.jsonl", "w", encoding="utf-8") as file:
-        for number, (conversation, top) in enumerate(zip(turns, tops)):
-            options = [line.text for line in top]
-            rng.shuffle(options)
+        for number, (conversation, shown) in enumerate(zip(conversations, options)):
+            shown = list(shown)
+            rng.shuffle(shown)
             item_id = f"r{number:03d}"
-            key[item_id] = {"turns": conversation, "options": options, "top": list(range(len(options)))}
+            key[item_id] = {"turns": conversation, "options": shown, "top": list(range(len(shown)))}
             file.write(json.dumps({"id": item_id, "context": context_lines(conversation),
-                                   "options": {str(k + 1): text for k, text in enumerate(options)}}, ensure_ascii=False) + "\n")
+                                   "options": {str(k + 1): text for k, text in enumerate(shown)}}, ensure_ascii=False) + "\n")
     (out / "key.json").write_text(json.dumps(key, indent=1, ensure_ascii=False) + "\n")
     return {"items": len(key), "out": str(out)}
 
