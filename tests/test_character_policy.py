@@ -501,3 +501,7 @@ def test_ceiling_pairs_put_the_readers_pick_against_each_blind_rival(tmp_path):
     (tmp_path / "blind" / "examples.json").write_text(json.dumps(examples))
     with pytest.raises(TrainDataError, match="not those of"):
         make_pairs([readers], tmp_path / "blind", tmp_path / "out")
+    run = subprocess.run([sys.executable, "-m", "train", "ceiling", "pairs", "--readers", str(tmp_path / "none"),
+                          "--blind", str(tmp_path / "blind"), "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "no readable key.json" in run.stderr
+    assert not (tmp_path / "cli").exists()

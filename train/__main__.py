@@ -11,6 +11,15 @@ from serve.character.style import DEFAULT_STYLE_MODEL, StyleModelError
 from serve.engine.loading import EMBEDDED, ModelLoadError
 from train.examples import TrainDataError
 
+WITHOUT_TEST = "an index without the test episodes (`python -m train lines --splits train validation`)"
+
+
+def add_line_sources(parser: argparse.ArgumentParser, lines: str, lines_help: str) -> None:
+    """The dataset, the selector and a line index, for the commands that retrieve his lines."""
+    parser.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
+    parser.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    parser.add_argument("--lines", type=Path, default=Path(lines), help=lines_help)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description="Fine-tune and evaluate the Chandler adapter.")
@@ -75,19 +84,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rerank.add_argument("--validation-pairs", type=int, default=300, help="validation conversations to fit on (the LM is slow)")
     blind = commands.add_parser("blind", help="blind comparison: `make` the pairs for judges, `score` their judgments")
     blind.add_argument("step", choices=["make", "make-examples", "score"])
-    blind.add_argument("--data", type=Path, default=Path("build/chandler"))
-    blind.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
-    blind.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
-                       help="an index without the test episodes (`python -m train lines --splits train validation`)")
+    add_line_sources(blind, "build/lines-without-test", WITHOUT_TEST)
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
                        help="make-examples: the plain generations that `make` cached")
     ceiling = commands.add_parser("ceiling", help="readers pick among his top lines (`items`), their picks against the blind rivals (`pairs`)")
     ceiling.add_argument("step", choices=["items", "pairs"])
-    ceiling.add_argument("--data", type=Path, default=Path("build/chandler"))
-    ceiling.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
-    ceiling.add_argument("--lines", type=Path, default=Path("build/lines-without-test"),
-                         help="an index without the test episodes (`python -m train lines --splits train validation`)")
+    add_line_sources(ceiling, "build/lines-without-test", WITHOUT_TEST)
     ceiling.add_argument("--depth", type=int, default=20, help="items: the selector's top lines shown per conversation")
     ceiling.add_argument("--readers", type=Path, nargs="+", default=[Path("eval/ceiling/top20")],
                          help="items: the folder to write; pairs: the folders with readers' labels.jsonl")
@@ -95,10 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ceiling.add_argument("--out", type=Path, default=Path("eval/ceiling"), help="pairs: where pairs.jsonl and key.json go")
     preferences = commands.add_parser("preferences", help="readers' picks among the policy's top lines: `make` items, `fit` the order")
     preferences.add_argument("step", choices=["make", "fit"])
-    preferences.add_argument("--data", type=Path, default=Path("build/chandler"))
-    preferences.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
-    preferences.add_argument("--lines", type=Path, default=Path("build/lines-train"),
-                             help="make: an index without the validation episodes (`python -m train lines --splits train`)")
+    add_line_sources(preferences, "build/lines-train",
+                     "make: an index without the validation episodes (`python -m train lines --splits train`)")
     preferences.add_argument("--conversations", type=int, default=300, help="make: validation conversations to label")
     preferences.add_argument("--out", type=Path, default=Path("eval/preferences/round3"), help="make: the round's folder")
     preferences.add_argument("--rounds", type=Path, nargs="+", default=sorted(Path("eval/preferences").glob("round*")),
