@@ -36,8 +36,8 @@ def make_items(data: Path, selector: Path, lines: Path, out: Path, depth: int, s
 
 
 def read_readers(folder: Path) -> tuple[list[dict], int]:
-    """Each conversation's turns and the line the reader picked (in the blind comparison's order),
-    and the depth the items were made with."""
+    """Each conversation's context lines and the line the reader picked (in the blind comparison's
+    order), and the depth the items were made with."""
     try:
         key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
