@@ -29,9 +29,7 @@ def make_items(data: Path, selector: Path, lines: Path, out: Path, depth: int, s
     conversations = blind_conversations(data, seed)
     policy = ReplyPolicy("quote", selector, lines)
     check_held_out(policy.index, conversations)
-    turns = [conversation["turns"] for conversation in conversations]
-    tops = policy.index.top(policy.selector.conversations(turns), depth, turns)
-    summary = write_items(out, turns, [[line.text for line in top] for top in tops], random.Random(seed))
+    summary = write_items(out, policy, [conversation["turns"] for conversation in conversations], depth, seed)
     return {**summary, "depth": depth}
 
 

@@ -42,18 +42,19 @@ def make_items(data: Path, selector: Path, lines: Path, out: Path, conversations
     chosen = random.Random(seed).sample(validation, min(conversations, len(validation)))
     policy = ReplyPolicy("quote", selector, lines)
     check_held_out(policy.index, [{"kind": "held-out", **record} for record in chosen], splits="train")
-    turns = [record["context"] for record in chosen]
-    tops = policy.index.top(policy.selector.conversations(turns), TOP_K, turns)
-    return write_items(out, turns, [[line.text for line in top] for top in tops], random.Random(seed))
+    return write_items(out, policy, [record["context"] for record in chosen], TOP_K, seed)
 
 
-def write_items(out: Path, conversations: list[list[dict]], options: list[list[str]], rng: random.Random) -> dict:
-    """`items.jsonl` for readers (each conversation's options numbered in random order) and `key.json`."""
+def write_items(out: Path, policy: ReplyPolicy, conversations: list[list[dict]], depth: int, seed: int = 0) -> dict:
+    """`items.jsonl` for readers (each conversation with the index's top `depth` lines, numbered in
+    random order) and `key.json`."""
+    tops = policy.index.top(policy.selector.conversations(conversations), depth, conversations)
+    rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     key = {}
     with open(out / "items.jsonl", "w", encoding="utf-8") as file:
-        for number, (conversation, shown) in enumerate(zip(conversations, options)):
-            shown = list(shown)
+        for number, (conversation, top) in enumerate(zip(conversations, tops)):
+            shown = [line.text for line in top]
             rng.shuffle(shown)
             item_id = f"r{number:03d}"
             key[item_id] = {"turns": conversation, "options": shown, "top": list(range(len(shown)))}
@@ -108,9 +109,9 @@ def item_features(items: list[dict], selector: Selector, lm: LmRerank) -> list[t
     pmi = lm.pmi([item["turns"] for item in items for _ in item["lines"]], flat)
     conversations = [item["turns"] for item in items]
     scores = selector.score(selector.conversations(conversations), selector.replies(flat))
-    bounds = np.cumsum([0, *(len(item["lines"]) for item in items)])
-    own_scores = [scores[n, start:end] for n, (start, end) in enumerate(zip(bounds, bounds[1:]))]
-    own_pmi = [pmi[start:end] for start, end in zip(bounds, bounds[1:])]
+    cuts = np.cumsum([len(item["lines"]) for item in items])[:-1]
+    own_scores = [block[n] for n, block in enumerate(np.split(scores, cuts, axis=1))]
+    own_pmi = np.split(pmi, cuts)
     matrices = features(conversations, [item["lines"] for item in items], own_scores, own_pmi)
     return list(zip(matrices, own_scores, own_pmi))
 

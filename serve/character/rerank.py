@@ -53,8 +53,7 @@ class LmRerank:
         preference where there is one, else by that score); one LM batch."""
         pairs = [(turns, line) for turns, group in zip(conversations, lines) for line in group]
         pmi = self.pmi([turns for turns, _ in pairs], [line.text for _, line in pairs])
-        bounds = np.cumsum([0, *map(len, lines)])
-        values = [pmi[start:end] for start, end in zip(bounds, bounds[1:])]
+        values = np.split(pmi, np.cumsum([len(group) for group in lines])[:-1])
         rescored = [[replace(line, score=line.score + self.weight * float(value)) for line, value in zip(group, own)]
                     for group, own in zip(lines, values)]
         if self.preference is None:
