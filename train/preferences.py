@@ -25,7 +25,7 @@ from scipy.special import log_softmax, softmax
 
 from data.dialogue import CHARACTER
 from serve.character.policy import TOP_K, ReplyPolicy
-from serve.character.preference import FEATURES, Preference, features
+from serve.character.preference import FEATURES, Preference, features, per_group
 from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector
 from train.blind import check_held_out, context_lines
@@ -109,10 +109,10 @@ def item_features(items: list[dict], selector: Selector, lm: LmRerank) -> list[t
     pmi = lm.pmi([item["turns"] for item in items for _ in item["lines"]], flat)
     conversations = [item["turns"] for item in items]
     scores = selector.score(selector.conversations(conversations), selector.replies(flat))
-    cuts = np.cumsum([len(item["lines"]) for item in items])[:-1]
-    own_scores = [block[n] for n, block in enumerate(np.split(scores, cuts, axis=1))]
-    own_pmi = np.split(pmi, cuts)
-    matrices = features(conversations, [item["lines"] for item in items], own_scores, own_pmi)
+    groups = [item["lines"] for item in items]
+    own_scores = [block[n] for n, block in enumerate(per_group(scores, groups, axis=1))]
+    own_pmi = per_group(pmi, groups)
+    matrices = features(conversations, groups, own_scores, own_pmi)
     return list(zip(matrices, own_scores, own_pmi))
 
 

@@ -25,15 +25,20 @@ WEIGHTS = "preference.safetensors"
 FEATURES = ("selector score", "PMI", "untuned message–line cosine", "log words", "ends with ?")
 
 
+def per_group(values: np.ndarray, groups: Sequence[Sequence], axis: int = 0) -> list[np.ndarray]:
+    """`values` of all groups' items, laid end to end along `axis`, cut back into one block per group."""
+    return np.split(values, np.cumsum([len(group) for group in groups])[:-1], axis=axis)
+
+
 def features(conversations: Sequence[Sequence[Turn]], lines: Sequence[Sequence[str]],
              selector_scores: Sequence[Sequence[float]], pmi: Sequence[Sequence[float]]) -> list[np.ndarray]:
     """For each conversation, (lines × features) of its candidate lines: `FEATURES`, then the line
     embedding; one encoder call for the whole batch."""
     texts = [text for group in lines for text in group]
     vectors = embed(texts + [last_message(turns) for turns in conversations])
-    rows, start = [], 0
-    for group, message, scores, values in zip(lines, vectors[len(texts):], selector_scores, pmi):
-        own, start = vectors[start : start + len(group)], start + len(group)
+    rows = []
+    for group, own, message, scores, values in zip(lines, per_group(vectors[: len(texts)], lines),
+                                                   vectors[len(texts):], selector_scores, pmi):
         named = [[score, value, line @ message, np.log(max(len(text.split()), 1)), text.rstrip().endswith("?")]
                  for text, score, value, line in zip(group, scores, values, own)]
         rows.append(np.hstack([np.array(named, dtype=np.float64).reshape(len(group), len(FEATURES)), own]))

@@ -17,7 +17,7 @@ import numpy as np
 
 from data.dialogue import Turn
 from serve.character.lines import Line
-from serve.character.preference import Preference
+from serve.character.preference import Preference, per_group
 
 NEUTRAL_TURNS: list[Turn] = [{"speaker": "Someone", "text": "..."}]  # "no conversation": the PMI's prior
 
@@ -53,7 +53,7 @@ class LmRerank:
         preference where there is one, else by that score); one LM batch."""
         pairs = [(turns, line) for turns, group in zip(conversations, lines) for line in group]
         pmi = self.pmi([turns for turns, _ in pairs], [line.text for _, line in pairs])
-        values = np.split(pmi, np.cumsum([len(group) for group in lines])[:-1])
+        values = per_group(pmi, lines)
         rescored = [[replace(line, score=line.score + self.weight * float(value)) for line, value in zip(group, own)]
                     for group, own in zip(lines, values)]
         if self.preference is None:
