@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from serve.character.lines import Line, LineIndex, write_index
+from serve.character.lines import Line, LineIndex, read_prompts, write_index
 from serve.character.policy import ReplyPolicy, check_files, respond
 from serve.character.preference import FEATURES, WEIGHTS, Preference
 from serve.character.rerank import LmRerank
@@ -61,10 +61,13 @@ def selector_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lines_folder(selector_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("lines")
-    records = [{"reply": reply, "context": [{"speaker": "Ross", "text": message}], "season": season, "episode": episode}
-               for reply, message, season, episode in LINES]
-    write_index(records, Selector(selector_folder), out)
+    write_index(line_records(), Selector(selector_folder), out, prompts={})
     return out
+
+
+def line_records():
+    return [{"reply": reply, "context": [{"speaker": "Ross", "text": message}], "season": season, "episode": episode}
+            for reply, message, season, episode in LINES]
 
 
 def policy(mode, selector_folder, lines_folder, threshold, rerank=None, switch=True):
@@ -193,6 +196,62 @@ def test_an_index_built_with_another_selector_is_refused(tmp_path, selector_fold
         LineIndex(lines_folder, Selector(other))
     with pytest.raises(SelectorError, match="another selector"):
         check_files("blend", other, lines_folder)
+
+
+DATA_PROCESSING = LINES[2][0]
+MOM = [{"speaker": "Alex", "text": "My mom asked me what you do all day."}]
+GYM = [{"speaker": "Alex", "text": "I finally went back to the gym today."}]
+
+
+def test_a_lines_prompt_lifts_it_where_the_prompt_fits_the_message(tmp_path):
+    prompted = make_selector(tmp_path / "prompted")
+    set_settings(prompted, prompt_weight=2.0)
+    selector = Selector(prompted)
+    written = {DATA_PROCESSING: "Your mom asked me what you do all day at the office."}
+    tops = {}
+    for name, prompts in (("without", {}), ("with", written)):
+        write_index(line_records(), selector, tmp_path / name, prompts)
+        index = LineIndex(tmp_path / name, selector)
+        tops[name] = [[line.text for line in lines] for lines in index.top(selector.conversations([MOM, GYM]), 3, [MOM, GYM])]
+    assert tops["without"][0][0] != DATA_PROCESSING and tops["with"][0][0] == DATA_PROCESSING
+    assert "gym" in tops["with"][1][0]  # a line without a written prompt stands for its own
+    stored = [json.loads(row) for row in (tmp_path / "with" / "lines.jsonl").read_text().splitlines()]
+    assert [row["prompt"] for row in stored] == [written.get(row["reply"], row["reply"]) for row in stored]
+    assert json.loads((tmp_path / "with" / "index.json").read_text())["written_prompts"] == 1
+
+
+def test_an_index_without_prompts_is_refused_where_the_selector_scores_them(tmp_path, selector_folder, lines_folder):
+    from safetensors.numpy import load_file, save_file
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("lines.jsonl", "index.json"):
+        (old / name).write_bytes((lines_folder / name).read_bytes())
+    vectors = load_file(str(lines_folder / "vectors.safetensors"))
+    save_file({name: vectors[name] for name in ("selector", "message")}, str(old / "vectors.safetensors"))
+    LineIndex(old, Selector(selector_folder))  # a selector without a prompt weight reads it as before
+    set_settings(selector_folder, prompt_weight=1.0)
+    try:
+        with pytest.raises(SelectorError, match="no line prompts"):
+            LineIndex(old, Selector(selector_folder))
+    finally:
+        set_settings(selector_folder, prompt_weight=0.0)
+
+
+def test_unreadable_prompts_are_one_clear_error(tmp_path, selector_folder):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"line": "Hi."}\n')
+    with pytest.raises(SelectorError, match="cannot read the line prompts"):
+        read_prompts(bad)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text(json.dumps(line_records()[0]) + "\n")
+    run = subprocess.run([sys.executable, "-m", "train", "lines", "--data", str(data), "--splits", "train", "--selector",
+                          str(selector_folder), "--out", str(tmp_path / "out"), "--prompts", str(bad)],
+                         capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0 and "cannot read the line prompts" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 KNOCK = [{"speaker": "Joey", "text": "Knock knock."}]

@@ -78,6 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
     lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
     lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
+    lines.add_argument("--prompts", type=Path, default=Path("data/line_prompts.jsonl"),
+                       help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
+    prompts = commands.add_parser("prompts", help="fit the weight of the lines' prompts in the selector's score, report it")
+    prompts.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
+    prompts.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
+    prompts.add_argument("--prompts", type=Path, default=Path("data/line_prompts.jsonl"),
+                         help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
     rerank = commands.add_parser("rerank", help="fit the LM rerank of the selector's top lines (weight, threshold), report it")
     rerank.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
     rerank.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
@@ -167,7 +174,13 @@ def run_selector(args: argparse.Namespace) -> None:
 def run_lines(args: argparse.Namespace) -> None:
     from train.lines import build_lines
 
-    print(build_lines(args.data, args.selector, args.out, tuple(args.splits)))
+    print(build_lines(args.data, args.selector, args.out, tuple(args.splits), args.prompts))
+
+
+def run_prompts(args: argparse.Namespace) -> None:
+    from train.prompts import fit_prompts
+
+    print(fit_prompts(args.data, args.selector, args.prompts))
 
 
 def run_rerank(args: argparse.Namespace) -> None:
@@ -218,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
-         "lines": run_lines, "rerank": run_rerank, "blind": run_blind, "preferences": run_preferences,
+         "lines": run_lines, "rerank": run_rerank, "prompts": run_prompts, "blind": run_blind, "preferences": run_preferences,
          "ceiling": run_ceiling, "export": run_export}[args.command](args)
     except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -24,6 +24,7 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 
 from data.dialogue import CHARACTER
+from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K, ReplyPolicy
 from serve.character.preference import FEATURES, Preference, features, per_group
 from serve.character.rerank import LmRerank
@@ -108,7 +109,7 @@ def item_features(items: list[dict], selector: Selector, lm: LmRerank) -> list[t
     flat = [line for item in items for line in item["lines"]]
     pmi = lm.pmi([item["turns"] for item in items for _ in item["lines"]], flat)
     conversations = [item["turns"] for item in items]
-    scores = selector.score(selector.conversations(conversations), selector.replies(flat))
+    scores = selector.score(selector.conversations(conversations), selector.replies(flat, scored_prompts(selector, flat)))
     groups = [item["lines"] for item in items]
     own_scores = [block[n] for n, block in enumerate(per_group(scores, groups, axis=1))]
     own_pmi = per_group(pmi, groups)

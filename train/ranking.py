@@ -160,6 +160,15 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     return metrics
 
 
+def prompt_text(settings: dict) -> str:
+    if not settings.get("prompt_weight"):
+        return ""
+    return (f" For the index's lines it adds {settings['prompt_weight']} × the untuned cosine of the message and the line's"
+            " prompt, a message the line would answer written by a reader shown only the line (`data/line_prompts.jsonl`;"
+            " weight fitted on validation episodes by `python -m train prompts`). The readers may know the show: some prompts"
+            " echo the conversation a line really answered, so test recall with the prompts is flattered (README).")
+
+
 def rerank_text(settings: dict) -> str:
     if not settings.get("rerank"):
         return ""
@@ -205,6 +214,11 @@ def stage_text(stage: dict) -> str:
             f"max {config['max_seq_length']} tokens, seed {config['seed']}")
 
 
+def policy_text(settings: dict) -> str:
+    """What the reply policy adds to the selector's score: prompts, the LM rerank, the readers' preference."""
+    return prompt_text(settings) + rerank_text(settings) + preference_text(settings)
+
+
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:
     stages = settings.get("stages", [])
     training = "".join(f"Stage {n}: trained {stage_text(stage)}. " for n, stage in enumerate(stages, 1))
@@ -222,7 +236,7 @@ replies). {training}
 
 The conversation side is its last 4 turns, newest first, `Name: text` joined by ` | `
 (`serve.character.selector.context_text`). The shipped score is the tuned cosine plus
-{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).{rerank_text(settings)}{preference_text(settings)}
+{metrics['message_weight']} × the untuned encoder's message–reply cosine (weight fitted on validation episodes).{policy_text(settings)}
 Weights are fp16 safetensors; `selector.json` holds the id that the line index records.
 
 ## Recall@1 on test episodes ({metrics['test_pairs']} held-out pairs; goal R10@1 ≥ 0.55, R100@1 ≥ 0.30)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K
 from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector
@@ -34,9 +35,10 @@ CHUNK = 512  # replies scored between progress lines
 
 
 def selector_scores(selector: Selector, records: list[dict]) -> np.ndarray:
-    """(conversations × replies) scores of a split, as the policy scores lines."""
+    """(conversations × replies) scores of a split, as the policy scores lines (with their prompts)."""
+    replies = [record["reply"] for record in records]
     return selector.score(selector.conversations([record["context"] for record in records]),
-                          selector.replies([record["reply"] for record in records]))
+                          selector.replies(replies, scored_prompts(selector, replies)))
 
 
 def candidate_pools(draws: dict[int, np.ndarray], limit: int) -> dict[int, np.ndarray]:
@@ -111,7 +113,8 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     settings["rerank"] = {"lm_weight": weight, "threshold": round(threshold, 4), "validation_pairs": limit, "depth": TOP_K}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     metrics = json.loads((folder / "metrics.json").read_text())
-    shipped = f"selector, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
+    scored = f"selector + {selector.prompt_weight} × untuned message–prompt cosine" if selector.prompt_weight else "selector"
+    shipped = f"{scored}, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
     metrics["test"] = {**{name.removesuffix(" (shipped)"): value for name, value in metrics["test"].items()},
                        shipped: reranked_recall(test_scores, test_pmi, test_pools, weight)}
     metrics.update(validation_by_lm_weight={str(w): recall for w, recall in by_weight.items()}, rerank=settings["rerank"])

@@ -1,10 +1,15 @@
 """Chandler's real lines, indexed by the selector: what the reply policy can quote.
 
 A folder written by `python -m train lines`: `lines.jsonl` (each line: reply, context, season,
-episode), `vectors.safetensors` (fp16: `selector`, the selector's embedding of each reply, and
-`message`, the untuned encoder's, for the selector's message term) and `index.json` (the id of the
-selector that built it: an index built by another selector is refused, its vectors would mean
-nothing to this one).
+episode, prompt), `vectors.safetensors` (fp16: `selector`, the selector's embedding of each reply,
+`message`, the untuned encoder's, for the selector's message term, and `prompt`, the untuned
+encoder's of the line's prompt) and `index.json` (the id of the selector that built it: an index
+built by another selector is refused, its vectors would mean nothing to this one).
+
+A line's prompt is a message it would answer, written by a reader shown only the line
+(`data/line_prompts.jsonl`, `{"line", "prompt"}`): matched against the conversation's message, it
+says what situation a line fits better than the line's own words do. A line without a written
+prompt stands for its own.
 
 A line that names someone (`Does Ross know?`) is quoted only in a conversation where that person
 appears, as a speaker or in a turn: otherwise it answers a story the user is not in. Nor is a line
@@ -26,6 +31,7 @@ from serve.character.selector import Selector, SelectorError, Vectors
 from serve.character.style import embed
 
 DEFAULT_LINES = Path(__file__).resolve().parents[2] / "models" / "chandler-lines"
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "line_prompts.jsonl"
 MIN_QUOTE_WORDS = 3  # shorter lines ("Yeah.", "What?") fit everything and say nothing
 LINES, VECTORS, META = "lines.jsonl", "vectors.safetensors", "index.json"
 NAME_MIN_TURNS = 3  # a speaker with fewer turns in the index's conversations is not a known person
@@ -71,19 +77,42 @@ def people_in(turns: Sequence[Turn]) -> set[str]:
     return {turn["speaker"] for turn in turns} | {word for turn in turns for word in _WORD.findall(turn["text"])}
 
 
-def write_index(records: Sequence[dict], selector: Selector, out: Path, note: str = "") -> dict:
-    """Embed the replies of `records` (pairs as `python -m data build` writes them) and save the index."""
+def read_prompts(path: Path = DEFAULT_PROMPTS) -> dict[str, str]:
+    """Line text -> its written prompt (`SelectorError` with one line when the file is unreadable)."""
+    try:
+        rows = [json.loads(row) for row in path.read_text(encoding="utf-8").splitlines() if row.strip()]
+        return {row["line"]: row["prompt"] for row in rows}
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise SelectorError(f"{path}: cannot read the line prompts ({error!r}); "
+                            'one {"line": ..., "prompt": ...} per line') from None
+
+
+def prompt_texts(replies: Sequence[str], prompts: dict[str, str]) -> list[str]:
+    """Each reply's prompt; a reply without one stands for its own."""
+    return [prompts.get(reply, reply) for reply in replies]
+
+
+def scored_prompts(selector: Selector, replies: Sequence[str]) -> list[str] | None:
+    """The prompts the index gives `replies` (`DEFAULT_PROMPTS`), where the selector scores prompts."""
+    return prompt_texts(replies, read_prompts()) if selector.prompt_weight else None
+
+
+def write_index(records: Sequence[dict], selector: Selector, out: Path, prompts: dict[str, str], note: str = "") -> dict:
+    """Embed the replies of `records` (pairs as `python -m data build` writes them) and their
+    `prompts` (a reply without one stands for its own) and save the index."""
     from safetensors.numpy import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     replies = [record["reply"] for record in records]
+    own_prompts = prompt_texts(replies, prompts)
     with open(out / LINES, "w", encoding="utf-8") as file:
-        for record in records:
+        for record, prompt in zip(records, own_prompts):
             line = {key: record[key] for key in ("reply", "context", "season", "episode")}
-            file.write(json.dumps(line, ensure_ascii=False) + "\n")
-    save_file({"selector": selector.encode(replies).astype(np.float16), "message": embed(replies).astype(np.float16)},
-              str(out / VECTORS))
-    meta = {"selector_id": selector.id, "selector": str(selector.folder.name), "lines": len(records), "note": note}
+            file.write(json.dumps({**line, "prompt": prompt}, ensure_ascii=False) + "\n")
+    save_file({"selector": selector.encode(replies).astype(np.float16), "message": embed(replies).astype(np.float16),
+               "prompt": embed(own_prompts).astype(np.float16)}, str(out / VECTORS))
+    meta = {"selector_id": selector.id, "selector": str(selector.folder.name), "lines": len(records),
+            "written_prompts": sum(reply in prompts for reply in replies), "note": note}
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -116,7 +145,11 @@ class LineIndex:
             raise SelectorError(f"{self.folder}: the line index cannot be read ({error}); rebuild it with "
                                 "`python -m train lines`") from None
         self.lines = [Line(r["reply"], int(r["season"]), int(r["episode"])) for r in records]
-        self.vectors = Vectors(vectors["selector"].astype(np.float32), vectors["message"].astype(np.float32))
+        if selector.prompt_weight and "prompt" not in vectors:
+            raise SelectorError(f"{self.folder}: the index has no line prompts, which this selector scores; "
+                                "rebuild it with `python -m train lines`")
+        self.vectors = Vectors(*(vectors[name].astype(np.float32) if name in vectors else None
+                                 for name in ("selector", "message", "prompt")))
         self.quotable = np.array([len(line.text.split()) >= MIN_QUOTE_WORDS for line in self.lines])
         self.keys = [normalized(line.text) for line in self.lines]
         names = person_names(records)

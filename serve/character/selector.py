@@ -4,7 +4,9 @@ A dual encoder (all-MiniLM-L6-v2 fine-tuned by `python -m train selector` with i
 negatives): the conversation's recent turns go through it as one text, newest turn first (so
 truncation drops the oldest turn, never the message being answered), each candidate reply as
 another; the score is their cosine. The untuned encoder's message–reply cosine is added with a
-weight fitted on validation episodes (`metrics.json` → `message_weight`).
+weight fitted on validation episodes (`metrics.json` → `message_weight`). A line of the index also
+has a prompt: a message it answers, written by a reader who saw only the line (`data/line_prompts.jsonl`);
+the untuned message–prompt cosine is added with `prompt_weight` (`python -m train prompts`).
 """
 from __future__ import annotations
 
@@ -59,10 +61,12 @@ def read_settings(folder: Path) -> dict:
 
 
 class Vectors(NamedTuple):
-    """Unit vectors of texts: the tuned selector's, and the untuned encoder's (None when unused)."""
+    """Unit vectors of texts: the tuned selector's, the untuned encoder's (None when unused), and
+    for the index's lines the untuned encoder's of their prompts (None for other replies)."""
 
     tuned: np.ndarray
     message: np.ndarray | None
+    prompt: np.ndarray | None = None
 
 
 class Selector:
@@ -73,6 +77,7 @@ class Selector:
         settings = read_settings(self.folder)
         self.id = settings["id"]
         self.message_weight = float(settings.get("message_weight", 0.0))
+        self.prompt_weight = float(settings.get("prompt_weight", 0.0))
         self.threshold = float(settings.get("threshold", 1.0))  # on the selector's own score
         rerank = settings.get("rerank", {})  # the LM rerank's fit (serve/character/rerank.py), if any
         self.lm_weight = float(rerank.get("lm_weight", 0.0))
@@ -89,15 +94,21 @@ class Selector:
 
     def conversations(self, conversations: Sequence[Sequence[Turn]]) -> Vectors:
         """Both sides' vectors of conversations, in one batch per encoder."""
+        needs_message = self.message_weight or self.prompt_weight
         return Vectors(self.encode([context_text(turns) for turns in conversations]),
-                       embed([last_message(turns) for turns in conversations]) if self.message_weight else None)
+                       embed([last_message(turns) for turns in conversations]) if needs_message else None)
 
-    def replies(self, replies: Sequence[str]) -> Vectors:
-        return Vectors(self.encode(replies), embed(list(replies)) if self.message_weight else None)
+    def replies(self, replies: Sequence[str], prompts: Sequence[str] | None = None) -> Vectors:
+        """Replies' vectors; with `prompts` (one per reply: the index's lines), theirs too."""
+        return Vectors(self.encode(replies), embed(list(replies)) if self.message_weight else None,
+                       embed(list(prompts)) if prompts is not None and self.prompt_weight else None)
 
     def score(self, conversations: Vectors, replies: Vectors) -> np.ndarray:
-        """(conversations × replies) scores: tuned cosine + message_weight × untuned message–reply cosine."""
+        """(conversations × replies) scores: tuned cosine + message_weight × untuned message–reply
+        cosine + prompt_weight × untuned message–prompt cosine (for replies with prompts)."""
         total = conversations.tuned @ replies.tuned.T
         if self.message_weight:
             total = total + self.message_weight * (conversations.message @ replies.message.T)
+        if self.prompt_weight and replies.prompt is not None:
+            total = total + self.prompt_weight * (conversations.message @ replies.prompt.T)
         return total
