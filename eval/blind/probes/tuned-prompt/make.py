@@ -1,0 +1,62 @@
+"""Probe, not shipped: blend with a second prompt term, the tuned selector's context vector against each
+line's prompt read as a one-turn conversation (`Someone: prompt`), weight `WEIGHT`, beside the
+shipped score; judged against the shipped blend before one panel.
+
+`probe`: the probe's blind pairs into `probe/` (the shipped policy with `LineIndex.top` scoring the
+extra term; the blind round's cached generations). `joint`: the shipped round's 360 pairs
+(`eval/blind`) and the probe's 360 shuffled into `pairs.jsonl` and `key.json` (`system` names the
+blend); judges who see only `pairs.jsonl` write `judgments.jsonl`; score with
+`python -m train blind score --out eval/blind/probes/tuned-prompt`.
+
+    .venv/bin/python eval/blind/probes/tuned-prompt/make.py probe | joint
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+from serve.character import lines
+from train.blind import make_pairs, write_pairs
+
+HERE = Path(__file__).parent
+SHIPPED = HERE.parents[1]
+WEIGHT = 0.5
+
+
+def top_with_tuned_prompts(index: lines.LineIndex, vectors, k: int, conversations) -> list[list[lines.Line]]:
+    if not hasattr(index, "tuned_prompts"):
+        rows = [json.loads(row) for row in (index.folder / lines.LINES).read_text(encoding="utf-8").splitlines() if row.strip()]
+        index.tuned_prompts = index.selector.encode([f"Someone: {row['prompt']}" for row in rows])
+    scores = index.selector.score(vectors, index.vectors) + WEIGHT * (vectors.tuned @ index.tuned_prompts.T)
+    return [index._best(row, k, lines.said_in(turns), lines.people_in(turns), turns[-1]["speaker"] if turns else "")
+            for row, turns in zip(scores, conversations)]
+
+
+def probe() -> None:
+    (HERE / "probe").mkdir(exist_ok=True)
+    shutil.copy(SHIPPED / "generations.json", HERE / "probe" / "generations.json")
+    lines.LineIndex.top = top_with_tuned_prompts
+    print(make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), HERE / "probe"))
+    (HERE / "probe" / "generations.json").unlink()
+
+
+def joint() -> None:
+    pairs = []
+    for system, folder in {"shipped": SHIPPED, "tuned prompt term": HERE / "probe"}.items():
+        key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
+        for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            pairs.append({"context": row["context"], "A": row["A"], "B": row["B"],
+                          "key": {**key[row["id"]], "system": system, "pair": row["id"]}})
+    write_pairs(HERE, pairs, random.Random(23), "k")
+
+
+if __name__ == "__main__":
+    steps = {"probe": probe, "joint": joint}
+    if len(sys.argv) != 2 or sys.argv[1] not in steps:
+        print("usage: make.py probe | joint", file=sys.stderr)
+        sys.exit(2)
+    steps[sys.argv[1]]()
