@@ -21,6 +21,11 @@ def add_line_sources(parser: argparse.ArgumentParser, lines: str, lines_help: st
     parser.add_argument("--lines", type=Path, default=Path(lines), help=lines_help)
 
 
+def add_prompts(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", type=Path, default=Path("data/line_prompts.jsonl"),
+                        help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description="Fine-tune and evaluate the Chandler adapter.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,13 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lines.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
     lines.add_argument("--out", type=Path, default=Path("models/chandler-lines"))
     lines.add_argument("--splits", nargs="+", default=["train", "validation", "test"], help="splits whose lines are indexed")
-    lines.add_argument("--prompts", type=Path, default=Path("data/line_prompts.jsonl"),
-                       help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
+    add_prompts(lines)
     prompts = commands.add_parser("prompts", help="fit the weight of the lines' prompts in the selector's score, report it")
     prompts.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
     prompts.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))
-    prompts.add_argument("--prompts", type=Path, default=Path("data/line_prompts.jsonl"),
-                         help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
+    add_prompts(prompts)
     rerank = commands.add_parser("rerank", help="fit the LM rerank of the selector's top lines (weight, threshold), report it")
     rerank.add_argument("--data", type=Path, default=Path("build/chandler"), help="folder written by `python -m data build`")
     rerank.add_argument("--selector", type=Path, default=Path("models/chandler-selector"))

@@ -1,8 +1,9 @@
 """`python -m train lines`: index every Chandler reply of a built dataset with the selector.
 
 The index (`serve/character/lines.py`) is shipped in `models/chandler-lines`, so a deployed image
-needs no transcripts. Each line's prompt comes from `--prompts` (`data/line_prompts.jsonl`). `--splits` leaves episodes out: the blind comparison's index is built from
-the train and validation splits only, so a held-out conversation's true line cannot be retrieved.
+needs no transcripts. Each line's prompt comes from `--prompts` (`data/line_prompts.jsonl`).
+`--splits` leaves episodes out: the blind comparison's index is built from the train and
+validation splits only, so a held-out conversation's true line cannot be retrieved.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.character.lines import prompt_texts, read_prompts
-from serve.character.selector import SETTINGS, Selector, last_message
+from serve.character.selector import SETTINGS, Selector, SelectorError, last_message, read_settings
 from serve.character.style import embed
 from train.examples import read_split
 from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, recall_at_1, write_card
@@ -50,7 +50,9 @@ def fit_prompts(data: Path, folder: Path, prompts_path: Path, seed: int = 0) -> 
     """Writes `prompt_weight` and the recalibrated thresholds into `selector.json`, test recall into
     `metrics.json` and the card."""
     prompts = read_prompts(prompts_path)
-    settings = json.loads((folder / SETTINGS).read_text())
+    settings = read_settings(folder)
+    if not (folder / "metrics.json").is_file():
+        raise SelectorError(f"{folder}: no metrics.json; report the selector first with `python -m train selector`")
     selector = Selector(folder)
     selector.prompt_weight = 0.0  # scores without the prompts: they are added here, weight by weight
     splits = {}
