@@ -138,6 +138,23 @@ def write_pairs(out: Path, pairs: list[dict], rng: random.Random, prefix: str) -
     (out / "key.json").write_text(json.dumps(key, indent=1) + "\n")
 
 
+def round_pairs(folder: Path) -> list[tuple[str, dict]]:
+    """A blind round's pairs by id, each with its key entry under `key` (as `write_pairs` takes them)."""
+    try:
+        key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
+        rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
+    except (OSError, ValueError) as error:
+        raise TrainDataError(f"{folder}: no readable blind round ({error}); run `python -m train blind make`") from None
+    return [(row["id"], {"context": row["context"], "A": row["A"], "B": row["B"], "key": key[row["id"]]}) for row in rows]
+
+
+def joint_pairs(rounds: dict[str, Path]) -> list[dict]:
+    """The pairs of several blind rounds for one panel: each keeps its round's sides, and its key
+    entry gains `system` (the round's name) and `pair` (its id in that round)."""
+    return [{**pair, "key": {**pair["key"], "system": system, "pair": pair_id}}
+            for system, folder in rounds.items() for pair_id, pair in round_pairs(folder)]
+
+
 def check_held_out(index: LineIndex, conversations: list[dict], splits: str = "train validation") -> None:
     """The index holds none of the held-out conversations' episodes (`splits`: what to index instead)."""
     indexed = {(line.season, line.episode) for line in index.lines}

@@ -18,7 +18,7 @@ import random
 from pathlib import Path
 
 from serve.character.policy import ReplyPolicy
-from train.blind import blind_conversations, blind_pair, check_held_out, context_lines, write_pairs
+from train.blind import blind_conversations, blind_pair, check_held_out, context_lines, round_pairs, write_pairs
 from train.examples import TrainDataError
 from train.preferences import read_picks, write_items
 
@@ -52,11 +52,9 @@ def blind_round(blind: Path) -> tuple[list[dict], list[dict]]:
     """A blind round's examples (its rivals) and its own pairs, each with its key."""
     try:
         examples = json.loads((blind / "examples.json").read_text(encoding="utf-8"))
-        key = json.loads((blind / "key.json").read_text(encoding="utf-8"))
-        pairs = [json.loads(line) for line in (blind / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     except (OSError, ValueError) as error:
         raise TrainDataError(f"{blind}: no readable blind round ({error}); run `python -m train blind make`") from None
-    return examples, [{"context": pair["context"], "A": pair["A"], "B": pair["B"], "key": key[pair["id"]]} for pair in pairs]
+    return examples, [pair for _, pair in round_pairs(blind)]
 
 
 def make_pairs(readers: list[Path], blind: Path, out: Path, seed: int = 0) -> dict:

@@ -160,7 +160,10 @@ class LineIndex:
         """For each conversation (`vectors` are its selector vectors), its k best quotable lines:
         none already said in it, none naming someone who is not in it, none speaking of the person
         it answers in the third person."""
-        scores = self.selector.score(vectors, self.vectors)
+        return self.best(self.selector.score(vectors, self.vectors), k, conversations)
+
+    def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
+        """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`."""
         return [self._best(row, k, said_in(turns), people_in(turns), turns[-1]["speaker"] if turns else "")
                 for row, turns in zip(scores, conversations)]
 

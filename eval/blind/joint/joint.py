@@ -11,28 +11,19 @@ each system against each rival.
 """
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
 
-from train.blind import write_pairs
+from train.blind import joint_pairs, write_pairs
 
 HERE = Path(__file__).parent
 ROUNDS = {"blend with prompts": HERE.parent, "blend before prompts": HERE.parent / "earlier" / "preference"}
 SEED = 11
 
 
-def round_pairs(system: str, folder: Path) -> list[dict]:
-    key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
-    rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    return [{"context": row["context"], "A": row["A"], "B": row["B"], "key": {**key[row["id"]], "system": system, "pair": row["id"]}}
-            for row in rows]
-
-
 def make() -> None:
-    pairs = [pair for system, folder in ROUNDS.items() for pair in round_pairs(system, folder)]
-    write_pairs(HERE, pairs, random.Random(SEED), "j")
+    write_pairs(HERE, joint_pairs(ROUNDS), random.Random(SEED), "j")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from serve.character import lines
-from train.blind import make_pairs, write_pairs
+from train.blind import joint_pairs, make_pairs, write_pairs
 
 HERE = Path(__file__).parent
 SHIPPED = HERE.parents[1]
@@ -30,9 +30,8 @@ def top_with_tuned_prompts(index: lines.LineIndex, vectors, k: int, conversation
     if not hasattr(index, "tuned_prompts"):
         rows = [json.loads(row) for row in (index.folder / lines.LINES).read_text(encoding="utf-8").splitlines() if row.strip()]
         index.tuned_prompts = index.selector.encode([f"Someone: {row['prompt']}" for row in rows])
-    scores = index.selector.score(vectors, index.vectors) + WEIGHT * (vectors.tuned @ index.tuned_prompts.T)
-    return [index._best(row, k, lines.said_in(turns), lines.people_in(turns), turns[-1]["speaker"] if turns else "")
-            for row, turns in zip(scores, conversations)]
+    return index.best(index.selector.score(vectors, index.vectors) + WEIGHT * (vectors.tuned @ index.tuned_prompts.T),
+                      k, conversations)
 
 
 def probe() -> None:
@@ -44,14 +43,7 @@ def probe() -> None:
 
 
 def joint() -> None:
-    pairs = []
-    for system, folder in {"shipped": SHIPPED, "tuned prompt term": HERE / "probe"}.items():
-        key = json.loads((folder / "key.json").read_text(encoding="utf-8"))
-        for line in (folder / "pairs.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            pairs.append({"context": row["context"], "A": row["A"], "B": row["B"],
-                          "key": {**key[row["id"]], "system": system, "pair": row["id"]}})
-    write_pairs(HERE, pairs, random.Random(23), "k")
+    write_pairs(HERE, joint_pairs({"shipped": SHIPPED, "tuned prompt term": HERE / "probe"}), random.Random(23), "k")
 
 
 if __name__ == "__main__":
