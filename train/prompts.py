@@ -34,12 +34,11 @@ def prompt_cosines(records: list[dict], prompts: dict[str, str]) -> np.ndarray:
     return messages @ embed(prompt_texts([record["reply"] for record in records], prompts)).T
 
 
-def rerank_threshold(selector: Selector, records: list[dict], scores: np.ndarray) -> float:
-    """The LM rerank's threshold on `scores` of the true replies of its validation conversations."""
+def rerank_threshold(selector: Selector, records: list[dict], scores: np.ndarray, limit: int) -> float:
+    """The LM rerank's threshold on `scores` of the true replies of its first `limit` validation conversations."""
     from serve.character.rerank import LmRerank
     from serve.engine import load_engine
 
-    limit = json.loads((selector.folder / SETTINGS).read_text())["rerank"]["validation_pairs"]
     lm = LmRerank(1.0)
     lm.bind(load_engine())
     pmi = lm.pmi([record["context"] for record in records[:limit]], [record["reply"] for record in records[:limit]])
@@ -66,7 +65,8 @@ def fit_prompts(data: Path, folder: Path, prompts_path: Path, seed: int = 0) -> 
     scores = base + weight * cosines
     settings.update(prompt_weight=weight, threshold=round(float(np.percentile(np.diag(scores), THRESHOLD_PERCENTILE)), 4))
     if settings.get("rerank"):
-        settings["rerank"]["threshold"] = round(rerank_threshold(selector, records, scores), 4)
+        limit = settings["rerank"]["validation_pairs"]
+        settings["rerank"]["threshold"] = round(rerank_threshold(selector, records, scores, limit), 4)
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
 
     _, test_base, test_cosines, test_draws = splits["test"]
