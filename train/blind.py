@@ -200,6 +200,17 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
     return summary
 
 
+def probe_pairs(out: Path, shipped: Path = Path("eval/blind")) -> dict:
+    """A probe's blind pairs in `out`: `make_pairs` of the shipped files (the policy as the caller
+    patched it) on the shipped round's cached generations, so only the probe's change differs."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "generations.json").write_bytes((shipped / "generations.json").read_bytes())
+    try:
+        return make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), out)
+    finally:
+        (out / "generations.json").unlink()
+
+
 def examples_persona(lines: list[Line]) -> str:
     return PERSONA + " Lines you have said in situations like this:\n" + "\n".join(f"- {line.text}" for line in lines)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ import numpy as np
 
 import train.preferences as preferences
 from serve.character import preference
-from train.blind import joint_pairs, make_pairs, write_pairs
+from train.blind import joint_pairs, probe_pairs, write_pairs
 
 HERE = Path(__file__).parent
 SHIPPED = HERE.parents[1]
@@ -63,10 +62,7 @@ def probe() -> None:
         with_setup(matrix, group) for matrix, group in zip(original(conversations, lines, *scores), lines)]
     refitted = preference.Preference.load(HERE)
     policy.Preference = SimpleNamespace(load=lambda folder: refitted)
-    (HERE / "probe").mkdir(exist_ok=True)
-    shutil.copy(SHIPPED / "generations.json", HERE / "probe" / "generations.json")
-    print(make_pairs(Path("build/chandler"), SELECTOR, Path("build/lines-without-test"), HERE / "probe"))
-    (HERE / "probe" / "generations.json").unlink()
+    print(probe_pairs(HERE / "probe", SHIPPED))
 
 
 def joint() -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sys
 from pathlib import Path
 
 from serve.character import lines
-from train.blind import joint_pairs, make_pairs, write_pairs
+from train.blind import joint_pairs, probe_pairs, write_pairs
 
 HERE = Path(__file__).parent
 SHIPPED = HERE.parents[1]
@@ -35,11 +34,8 @@ def top_with_tuned_prompts(index: lines.LineIndex, vectors, k: int, conversation
 
 
 def probe() -> None:
-    (HERE / "probe").mkdir(exist_ok=True)
-    shutil.copy(SHIPPED / "generations.json", HERE / "probe" / "generations.json")
     lines.LineIndex.top = top_with_tuned_prompts
-    print(make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), HERE / "probe"))
-    (HERE / "probe" / "generations.json").unlink()
+    print(probe_pairs(HERE / "probe", SHIPPED))
 
 
 def joint() -> None:
