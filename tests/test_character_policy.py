@@ -252,10 +252,11 @@ def test_unreadable_prompts_are_one_clear_error(tmp_path, selector_folder):
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "cannot read the line prompts" in run.stderr
     assert not (tmp_path / "out").exists()
-    unreported = subprocess.run([sys.executable, "-m", "train", "prompts", "--data", str(data), "--selector",
-                                 str(selector_folder)], capture_output=True, text=True)  # no metrics.json yet
-    assert unreported.returncode == 2
-    assert unreported.stderr.strip().count("\n") == 0 and "no metrics.json" in unreported.stderr
+    for fit in ("prompts", "rerank"):  # both extend the selector's metrics.json, which it has not yet
+        unreported = subprocess.run([sys.executable, "-m", "train", fit, "--data", str(data), "--selector",
+                                     str(selector_folder)], capture_output=True, text=True)
+        assert unreported.returncode == 2
+        assert unreported.stderr.strip().count("\n") == 0 and "no metrics.json" in unreported.stderr
 
 
 KNOCK = [{"speaker": "Joey", "text": "Knock knock."}]

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from serve.character.lines import prompt_texts, read_prompts
-from serve.character.selector import SETTINGS, Selector, SelectorError, last_message, read_settings
+from serve.character.selector import SETTINGS, Selector, last_message, read_settings
 from serve.character.style import embed
 from train.examples import read_split
-from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, recall_at_1, write_card
+from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, recall_at_1, write_card
 from train.rerank import selector_scores
 
 PROMPT_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -50,8 +50,7 @@ def fit_prompts(data: Path, folder: Path, prompts_path: Path, seed: int = 0) -> 
     `metrics.json` and the card."""
     prompts = read_prompts(prompts_path)
     settings = read_settings(folder)
-    if not (folder / "metrics.json").is_file():
-        raise SelectorError(f"{folder}: no metrics.json; report the selector first with `python -m train selector`")
+    metrics = read_metrics(folder)
     selector = Selector(folder)
     selector.prompt_weight = 0.0  # scores without the prompts: they are added here, weight by weight
     splits = {}
@@ -70,7 +69,6 @@ def fit_prompts(data: Path, folder: Path, prompts_path: Path, seed: int = 0) -> 
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
 
     _, test_base, test_cosines, test_draws = splits["test"]
-    metrics = json.loads((folder / "metrics.json").read_text())
     row = f"selector + {weight} × untuned message–prompt cosine (readers' prompts of the lines)"
     metrics["test"][row] = recall_at_1(test_base + weight * test_cosines, test_draws)
     metrics.update(prompt_weight=weight, validation_by_prompt_weight={str(w): r for w, r in by_weight.items()})

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector, context_text, last_message
+from serve.character.selector import SETTINGS, Selector, SelectorError, context_text, last_message
 from serve.character.style import embed
 from train.examples import read_split
 from train.plots import plot_loss
@@ -217,6 +217,15 @@ def stage_text(stage: dict) -> str:
 def policy_text(settings: dict) -> str:
     """What the reply policy adds to the selector's score: prompts, the LM rerank, the readers' preference."""
     return prompt_text(settings) + rerank_text(settings) + preference_text(settings)
+
+
+def read_metrics(folder: Path) -> dict:
+    """The selector's `metrics.json`, which the fits on top of it extend (`SelectorError` with one
+    line where it has none: checked before their slow work)."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise SelectorError(f"{folder}: no metrics.json; report the selector first with `python -m train selector`") from None
 
 
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:

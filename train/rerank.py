@@ -26,7 +26,7 @@ from serve.character.policy import TOP_K
 from serve.character.rerank import LmRerank
 from serve.character.selector import SETTINGS, Selector
 from train.examples import read_split
-from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, write_card
+from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, write_card
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     (`rerank`: its weight and threshold, beside the selector's own), `metrics.json` and the card."""
     from serve.engine import load_engine
 
+    metrics = read_metrics(folder)
     selector, engine = Selector(folder), load_engine()
     validation, test = (read_split(data, split) for split in ("validation", "test"))
     limit = min(validation_pairs, len(validation))
@@ -112,7 +113,6 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     settings = json.loads((folder / SETTINGS).read_text())
     settings["rerank"] = {"lm_weight": weight, "threshold": round(threshold, 4), "validation_pairs": limit, "depth": TOP_K}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
-    metrics = json.loads((folder / "metrics.json").read_text())
     scored = f"selector + {selector.prompt_weight} × untuned message–prompt cosine" if selector.prompt_weight else "selector"
     shipped = f"{scored}, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
     metrics["test"] = {**{name.removesuffix(" (shipped)"): value for name, value in metrics["test"].items()},
