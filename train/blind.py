@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -209,6 +211,25 @@ def probe_pairs(out: Path, shipped: Path = Path("eval/blind")) -> dict:
         return make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), out)
     finally:
         (out / "generations.json").unlink()
+
+
+def probe_cli(here: Path, system: str, seed: int, patch: Callable[[], None], **steps: Callable[[], None]) -> None:
+    """The command line of a probe's `make.py` in `here` (a folder of `eval/blind/probes`): `probe`
+    patches the shipped policy and writes the probe's pairs into `here/probe`; `joint` shuffles the
+    shipped round's pairs and the probe's (named `system`) into one panel's file; `steps` add others."""
+    shipped = here.parents[1]
+
+    def probe() -> None:
+        patch()
+        print(probe_pairs(here / "probe", shipped))
+
+    steps = {"probe": probe,
+             "joint": lambda: write_pairs(here, joint_pairs({"shipped": shipped, system: here / "probe"}), random.Random(seed), "k"),
+             **steps}
+    if len(sys.argv) != 2 or sys.argv[1] not in steps:
+        print(f"usage: make.py {' | '.join(steps)}", file=sys.stderr)
+        sys.exit(2)
+    steps[sys.argv[1]]()
 
 
 def examples_persona(lines: list[Line]) -> str:

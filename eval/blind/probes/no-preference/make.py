@@ -12,30 +12,18 @@ round's cached generations). `joint`: the shipped round's 360 pairs (`eval/blind
 """
 from __future__ import annotations
 
-import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from serve.character import policy
-from train.blind import joint_pairs, probe_pairs, write_pairs
+from train.blind import probe_cli
 
 HERE = Path(__file__).parent
-SHIPPED = HERE.parents[1]
 
 
-def probe() -> None:
+def patch() -> None:
     policy.Preference = SimpleNamespace(load=lambda folder: None)
-    print(probe_pairs(HERE / "probe", SHIPPED))
-
-
-def joint() -> None:
-    write_pairs(HERE, joint_pairs({"shipped": SHIPPED, "no preference": HERE / "probe"}), random.Random(31), "k")
 
 
 if __name__ == "__main__":
-    steps = {"probe": probe, "joint": joint}
-    if len(sys.argv) != 2 or sys.argv[1] not in steps:
-        print("usage: make.py probe | joint", file=sys.stderr)
-        sys.exit(2)
-    steps[sys.argv[1]]()
+    probe_cli(HERE, "no preference", 31, patch)

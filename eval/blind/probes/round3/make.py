@@ -14,32 +14,20 @@ round's cached generations). `joint`: the shipped round's 360 pairs (`eval/blind
 """
 from __future__ import annotations
 
-import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 from serve.character import policy
 from serve.character.preference import Preference
-from train.blind import joint_pairs, probe_pairs, write_pairs
+from train.blind import probe_cli
 
 HERE = Path(__file__).parent
-SHIPPED = HERE.parents[1]
 
 
-def probe() -> None:
+def patch() -> None:
     refitted = Preference.load(HERE)
     policy.Preference = SimpleNamespace(load=lambda folder: refitted)
-    print(probe_pairs(HERE / "probe", SHIPPED))
-
-
-def joint() -> None:
-    write_pairs(HERE, joint_pairs({"shipped": SHIPPED, "three rounds": HERE / "probe"}), random.Random(37), "k")
 
 
 if __name__ == "__main__":
-    steps = {"probe": probe, "joint": joint}
-    if len(sys.argv) != 2 or sys.argv[1] not in steps:
-        print("usage: make.py probe | joint", file=sys.stderr)
-        sys.exit(2)
-    steps[sys.argv[1]]()
+    probe_cli(HERE, "three rounds", 37, patch)

@@ -13,8 +13,6 @@ refitted one; the blind round's cached generations). `joint`: the shipped round'
 from __future__ import annotations
 
 import json
-import random
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,10 +20,9 @@ import numpy as np
 
 import train.preferences as preferences
 from serve.character import preference
-from train.blind import joint_pairs, probe_pairs, write_pairs
+from train.blind import probe_cli
 
 HERE = Path(__file__).parent
-SHIPPED = HERE.parents[1]
 SELECTOR = Path("models/chandler-selector")
 NAMED = len(preference.FEATURES)
 SETUP = {row["line"]: row["setup"] for row in map(json.loads, Path("data/line_setup.jsonl").read_text().splitlines())}
@@ -54,7 +51,7 @@ def fit() -> None:
     print({"cross_validated_accuracy": accuracy, "named_weights": np.round(weights[: NAMED + 1], 4).tolist()})
 
 
-def probe() -> None:
+def patch() -> None:
     from serve.character import policy
 
     original = preference.features
@@ -62,16 +59,7 @@ def probe() -> None:
         with_setup(matrix, group) for matrix, group in zip(original(conversations, lines, *scores), lines)]
     refitted = preference.Preference.load(HERE)
     policy.Preference = SimpleNamespace(load=lambda folder: refitted)
-    print(probe_pairs(HERE / "probe", SHIPPED))
-
-
-def joint() -> None:
-    write_pairs(HERE, joint_pairs({"shipped": SHIPPED, "setup rating": HERE / "probe"}), random.Random(29), "k")
 
 
 if __name__ == "__main__":
-    steps = {"fit": fit, "probe": probe, "joint": joint}
-    if len(sys.argv) != 2 or sys.argv[1] not in steps:
-        print("usage: make.py fit | probe | joint", file=sys.stderr)
-        sys.exit(2)
-    steps[sys.argv[1]]()
+    probe_cli(HERE, "setup rating", 29, patch, fit=fit)

@@ -13,15 +13,12 @@ blend); judges who see only `pairs.jsonl` write `judgments.jsonl`; score with
 from __future__ import annotations
 
 import json
-import random
-import sys
 from pathlib import Path
 
 from serve.character import lines
-from train.blind import joint_pairs, probe_pairs, write_pairs
+from train.blind import probe_cli
 
 HERE = Path(__file__).parent
-SHIPPED = HERE.parents[1]
 WEIGHT = 0.5
 
 
@@ -33,18 +30,9 @@ def top_with_tuned_prompts(index: lines.LineIndex, vectors, k: int, conversation
                       k, conversations)
 
 
-def probe() -> None:
+def patch() -> None:
     lines.LineIndex.top = top_with_tuned_prompts
-    print(probe_pairs(HERE / "probe", SHIPPED))
-
-
-def joint() -> None:
-    write_pairs(HERE, joint_pairs({"shipped": SHIPPED, "tuned prompt term": HERE / "probe"}), random.Random(23), "k")
 
 
 if __name__ == "__main__":
-    steps = {"probe": probe, "joint": joint}
-    if len(sys.argv) != 2 or sys.argv[1] not in steps:
-        print("usage: make.py probe | joint", file=sys.stderr)
-        sys.exit(2)
-    steps[sys.argv[1]]()
+    probe_cli(HERE, "tuned prompt term", 23, patch)
