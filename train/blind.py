@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -150,13 +148,6 @@ def round_pairs(folder: Path) -> list[tuple[str, dict]]:
     return [(row["id"], {"context": row["context"], "A": row["A"], "B": row["B"], "key": key[row["id"]]}) for row in rows]
 
 
-def joint_pairs(rounds: dict[str, Path]) -> list[dict]:
-    """The pairs of several blind rounds for one panel: each keeps its round's sides, and its key
-    entry gains `system` (the round's name) and `pair` (its id in that round)."""
-    return [{**pair, "key": {**pair["key"], "system": system, "pair": pair_id}}
-            for system, folder in rounds.items() for pair_id, pair in round_pairs(folder)]
-
-
 def check_held_out(index: LineIndex, conversations: list[dict], splits: str = "train validation") -> None:
     """The index holds none of the held-out conversations' episodes (`splits`: what to index instead)."""
     indexed = {(line.season, line.episode) for line in index.lines}
@@ -200,36 +191,6 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
                "generations_per_conversation": n}
     (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-def probe_pairs(out: Path, shipped: Path = Path("eval/blind")) -> dict:
-    """A probe's blind pairs in `out`: `make_pairs` of the shipped files (the policy as the caller
-    patched it) on the shipped round's cached generations, so only the probe's change differs."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "generations.json").write_bytes((shipped / "generations.json").read_bytes())
-    try:
-        return make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), out)
-    finally:
-        (out / "generations.json").unlink()
-
-
-def probe_cli(here: Path, system: str, seed: int, patch: Callable[[], None], **steps: Callable[[], None]) -> None:
-    """The command line of a probe's `make.py` in `here` (a folder of `eval/blind/probes`): `probe`
-    patches the shipped policy and writes the probe's pairs into `here/probe`; `joint` shuffles the
-    shipped round's pairs and the probe's (named `system`) into one panel's file; `steps` add others."""
-    shipped = here.parents[1]
-
-    def probe() -> None:
-        patch()
-        print(probe_pairs(here / "probe", shipped))
-
-    steps = {"probe": probe,
-             "joint": lambda: write_pairs(here, joint_pairs({"shipped": shipped, system: here / "probe"}), random.Random(seed), "k"),
-             **steps}
-    if len(sys.argv) != 2 or sys.argv[1] not in steps:
-        print(f"usage: make.py {' | '.join(steps)}", file=sys.stderr)
-        sys.exit(2)
-    steps[sys.argv[1]]()
 
 
 def examples_persona(lines: list[Line]) -> str:

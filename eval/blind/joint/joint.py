@@ -15,7 +15,8 @@ import random
 import sys
 from pathlib import Path
 
-from train.blind import joint_pairs, write_pairs
+from train.blind import write_pairs
+from train.panels import joint_pairs
 
 HERE = Path(__file__).parent
 ROUNDS = {"blend with prompts": HERE.parent, "blend before prompts": HERE.parent / "earlier" / "preference"}

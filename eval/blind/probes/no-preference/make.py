@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from serve.character import policy
-from train.blind import probe_cli
+from train.panels import probe_cli
 
 HERE = Path(__file__).parent
 

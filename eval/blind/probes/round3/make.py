@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from serve.character import policy
 from serve.character.preference import Preference
-from train.blind import probe_cli
+from train.panels import probe_cli
 
 HERE = Path(__file__).parent
 

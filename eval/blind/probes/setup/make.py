@@ -20,7 +20,7 @@ import numpy as np
 
 import train.preferences as preferences
 from serve.character import preference
-from train.blind import probe_cli
+from train.panels import probe_cli
 
 HERE = Path(__file__).parent
 SELECTOR = Path("models/chandler-selector")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from serve.character import lines
-from train.blind import probe_cli
+from train.panels import probe_cli
 
 HERE = Path(__file__).parent
 WEIGHT = 0.5
