@@ -28,7 +28,7 @@ from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K, ReplyPolicy
 from serve.character.preference import FEATURES, Preference, features, per_group
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector
+from serve.character.selector import SETTINGS, Selector, read_settings
 from train.blind import check_held_out, context_lines
 from train.examples import TrainDataError, read_split
 from train.ranking import write_card
@@ -166,7 +166,7 @@ def fit_preference(rounds: list[Path], folder: Path, engine=None) -> dict:
         "weights": dict(zip(FEATURES, np.round(weights[: len(FEATURES)], 4).tolist())),
     }
     Preference(weights).save(folder)
-    settings = json.loads((folder / SETTINGS).read_text())
+    settings = read_settings(folder)
     settings["preference"] = {name: value for name, value in report.items() if name != "weights"}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     if (folder / "metrics.json").is_file():  # a selector reported by `python -m train selector`: its card says so

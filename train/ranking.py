@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector, SelectorError, context_text, last_message
+from serve.character.selector import SETTINGS, Selector, SelectorError, context_text, last_message, read_settings
 from serve.character.style import embed
 from train.examples import read_split
 from train.plots import plot_loss
@@ -130,7 +130,7 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     val_draws, test_draws = distractor_draws(val_scores.replies, seed=seed), distractor_draws(test_scores.replies, seed=seed)
     weight, by_weight = fit_message_weight(val_scores, val_draws)
     threshold = float(np.percentile(np.diag(val_scores.combined(weight)), THRESHOLD_PERCENTILE))
-    settings = json.loads((folder / SETTINGS).read_text())
+    settings = read_settings(folder)
     settings.update(message_weight=weight, threshold=round(threshold, 4), threshold_percentile=THRESHOLD_PERCENTILE)
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")  # the selector is usable from here on
     train_contexts = embed([context_text(record["context"]) for record in train])

@@ -24,7 +24,7 @@ import numpy as np
 from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector
+from serve.character.selector import SETTINGS, Selector, read_settings
 from train.examples import read_split
 from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, write_card
 
@@ -110,7 +110,7 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
     threshold = float(np.percentile(val_scores[true, true] + weight * val_pmi[true, true], THRESHOLD_PERCENTILE))
     test_scores, test_pools, test_pmi = split_scores(engine, selector, test, len(test), seed)
 
-    settings = json.loads((folder / SETTINGS).read_text())
+    settings = read_settings(folder)
     settings["rerank"] = {"lm_weight": weight, "threshold": round(threshold, 4), "validation_pairs": limit, "depth": TOP_K}
     (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
     scored = f"selector + {selector.prompt_weight} × untuned message–prompt cosine" if selector.prompt_weight else "selector"
