@@ -116,6 +116,24 @@ def test_third_person_is_a_name_not_spoken_to():
     assert third_person("Ross, wait! Monica!", names) == set()
     assert third_person("Hey Ross.", names) == set()
     assert third_person("Monica said wedding, Ross.", names) == {"Monica"}
+    assert third_person("Does Mon know? Hey Ross.", names) == {"Monica"}  # a friend's short name is the friend
+
+
+def test_a_line_naming_a_friend_by_a_short_name_is_quoted_only_where_they_are(selector_folder, tmp_path):
+    replies = ["Hey Mon, I think I figured out whose handcuffs they are.", "Does Mon know about the handcuffs?",
+               "I think I figured out whose handcuffs they are."]
+    context = [{"speaker": "Ross", "text": "Monica, look."}, {"speaker": "Monica", "text": "Whose handcuffs are these?"}]
+    records = [{"reply": reply, "context": context, "season": 5, "episode": n} for n, reply in enumerate(replies)]
+    selector = Selector(selector_folder)
+    write_index(records, selector, tmp_path, prompts={})
+    index = LineIndex(tmp_path, selector)
+    conversations = [[{"speaker": "Grandma", "text": "Whose handcuffs are these?"}],
+                     [{"speaker": "Monica", "text": "Whose handcuffs are these?"}],
+                     [{"speaker": "Joey", "text": "Mon found handcuffs. Whose are they?"}]]
+    found = [{line.text for line in lines} for lines in index.top(selector.conversations(conversations), k=3, conversations=conversations)]
+    assert found[0] == {replies[2]}  # Monica is not in Grandma's conversation
+    assert found[1] == {replies[0], replies[2]}  # "Hey Mon" speaks to her; "Does Mon know?" speaks of her
+    assert found[2] == set(replies)  # Joey's turn names her by the same short name
 
 
 def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):

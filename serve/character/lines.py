@@ -11,9 +11,10 @@ A line's prompt is a message it would answer, written by a reader shown only the
 says what situation a line fits better than the line's own words do. A line without a written
 prompt stands for its own.
 
-A line that names someone (`Does Ross know?`) is quoted only in a conversation where that person
-appears, as a speaker or in a turn: otherwise it answers a story the user is not in. Nor is a line
-that speaks of the person being answered in the third person sent to them (`Does Ross know?` to Ross).
+A line that names someone (`Does Ross know?`, or `Hey Mon!` by a friend's short name) is quoted
+only in a conversation where that person appears, as a speaker or in a turn: otherwise it answers a
+story the user is not in. Nor is a line that speaks of the person being answered in the third
+person sent to them (`Does Ross know?` to Ross).
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ MIN_QUOTE_WORDS = 3  # shorter lines ("Yeah.", "What?") fit everything and say n
 LINES, VECTORS, META = "lines.jsonl", "vectors.safetensors", "index.json"
 NAME_MIN_TURNS = 3  # a speaker with fewer turns in the index's conversations is not a known person
 NAME_CAPITALISED = 5  # `Ross` is written capitalised far more often than `ross`; `Will` is not
+NICKNAMES = {"Mon": "Monica", "Rach": "Rachel", "Pheebs": "Phoebe", "Pheebes": "Phoebe", "Joe": "Joey"}  # in his lines
 _WORD = re.compile(r"[A-Za-z]+")
+_SPOKEN_OF = re.compile(r"\b([A-Za-z]+)\b(?!\s*(?:[,.!?]|$))")  # a word not followed by punctuation or the end
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,19 @@ def person_names(records: Sequence[dict]) -> frozenset[str]:
                      and words[name] > NAME_CAPITALISED * words[name.lower()])
 
 
+def person_words(text: str) -> set[str]:
+    """The words of `text`, a friend's short name read as the name it stands for (`Mon` as `Monica`)."""
+    return {NICKNAMES.get(word, word) for word in _WORD.findall(text)}
+
+
 def third_person(text: str, names: frozenset[str]) -> frozenset[str]:
-    """The names `text` speaks of rather than to: not followed by punctuation or the end (`Ross, wait!` speaks to Ross)."""
-    return frozenset(name for name in names if re.search(rf"\b{name}\b(?!\s*(?:[,.!?]|$))", text))
+    """The `names` `text` speaks of rather than to: not followed by punctuation or the end (`Ross, wait!` speaks to Ross)."""
+    return frozenset(person for person in (NICKNAMES.get(word, word) for word in _SPOKEN_OF.findall(text)) if person in names)
 
 
 def people_in(turns: Sequence[Turn]) -> set[str]:
-    """Everyone a conversation has in it: its speakers and the words of its turns."""
-    return {turn["speaker"] for turn in turns} | {word for turn in turns for word in _WORD.findall(turn["text"])}
+    """Everyone a conversation has in it: its speakers and the people its turns name."""
+    return {turn["speaker"] for turn in turns} | {person for turn in turns for person in person_words(turn["text"])}
 
 
 def read_prompts(path: Path = DEFAULT_PROMPTS) -> dict[str, str]:
@@ -153,7 +161,7 @@ class LineIndex:
         self.quotable = np.array([len(line.text.split()) >= MIN_QUOTE_WORDS for line in self.lines])
         self.keys = [normalized(line.text) for line in self.lines]
         names = person_names(records)
-        self.mentions = [frozenset(_WORD.findall(line.text)) & names for line in self.lines]
+        self.mentions = [frozenset(person_words(line.text)) & names for line in self.lines]
         self.spoken_of = [third_person(line.text, mentions) for line, mentions in zip(self.lines, self.mentions)]
 
     def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
