@@ -129,11 +129,13 @@ def test_a_line_naming_a_friend_by_a_short_name_is_quoted_only_where_they_are(se
     index = LineIndex(tmp_path, selector)
     conversations = [[{"speaker": "Grandma", "text": "Whose handcuffs are these?"}],
                      [{"speaker": "Monica", "text": "Whose handcuffs are these?"}],
-                     [{"speaker": "Joey", "text": "Mon found handcuffs. Whose are they?"}]]
+                     [{"speaker": "Joey", "text": "Mon found handcuffs. Whose are they?"}],
+                     [{"speaker": "Mon", "text": "Whose handcuffs are these?"}]]
     found = [{line.text for line in lines} for lines in index.top(selector.conversations(conversations), k=3, conversations=conversations)]
     assert found[0] == {replies[2]}  # Monica is not in Grandma's conversation
     assert found[1] == {replies[0], replies[2]}  # "Hey Mon" speaks to her; "Does Mon know?" speaks of her
     assert found[2] == set(replies)  # Joey's turn names her by the same short name
+    assert found[3] == found[1]  # someone called Mon is her too
 
 
 def test_blend_quotes_only_above_the_threshold(selector_folder, lines_folder):

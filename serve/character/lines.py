@@ -70,19 +70,24 @@ def person_names(records: Sequence[dict]) -> frozenset[str]:
                      and words[name] > NAME_CAPITALISED * words[name.lower()])
 
 
+def person(name: str) -> str:
+    """The person a name stands for: a friend's short name read as the name (`Mon` as `Monica`)."""
+    return NICKNAMES.get(name, name)
+
+
 def person_words(text: str) -> set[str]:
-    """The words of `text`, a friend's short name read as the name it stands for (`Mon` as `Monica`)."""
-    return {NICKNAMES.get(word, word) for word in _WORD.findall(text)}
+    """The words of `text`, each read by `person`."""
+    return {person(word) for word in _WORD.findall(text)}
 
 
 def third_person(text: str, names: frozenset[str]) -> frozenset[str]:
     """The `names` `text` speaks of rather than to: not followed by punctuation or the end (`Ross, wait!` speaks to Ross)."""
-    return frozenset(person for person in (NICKNAMES.get(word, word) for word in _SPOKEN_OF.findall(text)) if person in names)
+    return frozenset(who for who in map(person, _SPOKEN_OF.findall(text)) if who in names)
 
 
 def people_in(turns: Sequence[Turn]) -> set[str]:
     """Everyone a conversation has in it: its speakers and the people its turns name."""
-    return {turn["speaker"] for turn in turns} | {person for turn in turns for person in person_words(turn["text"])}
+    return {person(turn["speaker"]) for turn in turns} | {who for turn in turns for who in person_words(turn["text"])}
 
 
 def read_prompts(path: Path = DEFAULT_PROMPTS) -> dict[str, str]:
@@ -172,7 +177,7 @@ class LineIndex:
 
     def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
         """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`."""
-        return [self._best(row, k, said_in(turns), people_in(turns), turns[-1]["speaker"] if turns else "")
+        return [self._best(row, k, said_in(turns), people_in(turns), person(turns[-1]["speaker"]) if turns else "")
                 for row, turns in zip(scores, conversations)]
 
     def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str) -> list[Line]:
