@@ -37,7 +37,7 @@ MIN_QUOTE_WORDS = 3  # shorter lines ("Yeah.", "What?") fit everything and say n
 LINES, VECTORS, META = "lines.jsonl", "vectors.safetensors", "index.json"
 NAME_MIN_TURNS = 3  # a speaker with fewer turns in the index's conversations is not a known person
 NAME_CAPITALISED = 5  # `Ross` is written capitalised far more often than `ross`; `Will` is not
-NICKNAMES = {"Mon": "Monica", "Rach": "Rachel", "Pheebs": "Phoebe", "Pheebes": "Phoebe", "Joe": "Joey"}  # in his lines
+NICKNAMES = {"Mon": "Monica", "Rach": "Rachel", "Pheebs": "Phoebe", "Phoebs": "Phoebe", "Joe": "Joey"}  # in his lines
 _WORD = re.compile(r"[A-Za-z]+")
 _SPOKEN_OF = re.compile(r"\b([A-Za-z]+)\b(?!\s*(?:[,.!?]|$))")  # a word not followed by punctuation or the end
 
