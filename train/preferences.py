@@ -28,10 +28,10 @@ from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K, ReplyPolicy
 from serve.character.preference import FEATURES, Preference, features, per_group
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector, read_settings
+from serve.character.selector import Selector, read_settings, write_settings
 from train.blind import check_held_out, context_lines
 from train.examples import TrainDataError, read_split
-from train.ranking import write_card
+from train.ranking import read_metrics, write_card
 
 L2 = 1e-3
 NAMED_L2 = 1e-6  # the named features are few and on their own scales: barely held back
@@ -168,8 +168,8 @@ def fit_preference(rounds: list[Path], folder: Path, engine=None) -> dict:
     Preference(weights).save(folder)
     settings = read_settings(folder)
     settings["preference"] = {name: value for name, value in report.items() if name != "weights"}
-    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    write_settings(folder, settings)
     if (folder / "metrics.json").is_file():  # a selector reported by `python -m train selector`: its card says so
-        write_card(folder, settings, json.loads((folder / "metrics.json").read_text()))
+        write_card(folder, settings, read_metrics(folder))
     (rounds[-1].parent / "fit.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

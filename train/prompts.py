@@ -13,16 +13,15 @@ conversations come from episodes the index leaves out, is not open to that.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from serve.character.lines import prompt_texts, read_prompts
-from serve.character.selector import SETTINGS, Selector, last_message, read_settings
+from serve.character.selector import Selector, last_message, read_settings, write_settings
 from serve.character.style import embed
 from train.examples import read_split
-from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, recall_at_1, write_card
+from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, recall_at_1, write_card, write_metrics
 from train.rerank import selector_scores
 
 PROMPT_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -66,13 +65,13 @@ def fit_prompts(data: Path, folder: Path, prompts_path: Path, seed: int = 0) -> 
     if settings.get("rerank"):
         limit = settings["rerank"]["validation_pairs"]
         settings["rerank"]["threshold"] = round(rerank_threshold(selector, records, scores, limit), 4)
-    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    write_settings(folder, settings)
 
     _, test_base, test_cosines, test_draws = splits["test"]
     row = f"selector + {weight} × untuned message–prompt cosine (readers' prompts of the lines)"
     metrics["test"][row] = recall_at_1(test_base + weight * test_cosines, test_draws)
     metrics.update(prompt_weight=weight, validation_by_prompt_weight={str(w): r for w, r in by_weight.items()})
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_metrics(folder, metrics)
     write_card(folder, settings, metrics)
     return {"prompt_weight": weight, "validation": by_weight[weight], "test": metrics["test"][row],
             "threshold": settings["threshold"], "rerank": settings.get("rerank")}

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector, SelectorError, context_text, last_message, read_settings
+from serve.character.selector import Selector, SelectorError, context_text, last_message, read_settings, write_settings
 from serve.character.style import embed
 from train.examples import read_split
 from train.plots import plot_loss
@@ -132,7 +132,7 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     threshold = float(np.percentile(np.diag(val_scores.combined(weight)), THRESHOLD_PERCENTILE))
     settings = read_settings(folder)
     settings.update(message_weight=weight, threshold=round(threshold, 4), threshold_percentile=THRESHOLD_PERCENTILE)
-    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")  # the selector is usable from here on
+    write_settings(folder, settings)  # the selector is usable from here on
     train_contexts = embed([context_text(record["context"]) for record in train])
     train_replies = embed([record["reply"] for record in train])
     rng = np.random.default_rng(seed)
@@ -152,7 +152,7 @@ def report_selector(data: Path, folder: Path, seed: int = 0, lm_pairs: int = LM_
     metrics = {"test_pairs": n, "validation_pairs": len(val_scores.replies), "test": methods,
                "validation_by_message_weight": by_weight, "message_weight": weight, "threshold": settings["threshold"],
                "goal": {"R10@1": 0.55, "R100@1": 0.30}}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_metrics(folder, metrics)
     history = json.loads((folder / "log_history.json").read_text())
     plot_loss(history, folder / "learning_curve.png", title="Chandler response selector (MultipleNegativesRankingLoss)",
               ylabel="in-batch ranking loss")
@@ -226,6 +226,10 @@ def read_metrics(folder: Path) -> dict:
         return json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
         raise SelectorError(f"{folder}: no metrics.json; report the selector first with `python -m train selector`") from None
+
+
+def write_metrics(folder: Path, metrics: dict) -> None:
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
 
 
 def write_card(folder: Path, settings: dict, metrics: dict) -> None:

@@ -15,7 +15,6 @@ The LM is the slow part: about 4 replies a second on 2 CPU cores, some 50 minute
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,9 +23,9 @@ import numpy as np
 from serve.character.lines import scored_prompts
 from serve.character.policy import TOP_K
 from serve.character.rerank import LmRerank
-from serve.character.selector import SETTINGS, Selector, read_settings
+from serve.character.selector import Selector, read_settings, write_settings
 from train.examples import read_split
-from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, write_card
+from train.ranking import THRESHOLD_PERCENTILE, distractor_draws, read_metrics, write_card, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,12 @@ def fit_rerank(data: Path, folder: Path, validation_pairs: int, seed: int = 0) -
 
     settings = read_settings(folder)
     settings["rerank"] = {"lm_weight": weight, "threshold": round(threshold, 4), "validation_pairs": limit, "depth": TOP_K}
-    (folder / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    write_settings(folder, settings)
     scored = f"selector + {selector.prompt_weight} × untuned message–prompt cosine" if selector.prompt_weight else "selector"
     shipped = f"{scored}, its top {TOP_K} reranked by + {weight} × the adapter LM's PMI (shipped)"
     metrics["test"] = {**{name.removesuffix(" (shipped)"): value for name, value in metrics["test"].items()},
                        shipped: reranked_recall(test_scores, test_pmi, test_pools, weight)}
     metrics.update(validation_by_lm_weight={str(w): recall for w, recall in by_weight.items()}, rerank=settings["rerank"])
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    write_metrics(folder, metrics)
     write_card(folder, settings, metrics)
     return {"rerank": settings["rerank"], "test": metrics["test"][shipped], "validation": by_weight[weight]}

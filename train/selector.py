@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.character.selector import SETTINGS, context_text, read_settings
+from serve.character.selector import context_text, read_settings, write_settings
 from serve.character.style import ENCODER, encoder_path
 from train.examples import read_split
 from train.ranking import LM_PAIRS, report_selector
@@ -95,7 +95,7 @@ def save_fp16(model, out: Path, config: SelectorConfig, log_history: list[dict],
     model.float()
     settings = {"id": weights_digest(out), "base": ENCODER, "context_turns_newest_first": True,
                 "stages": earlier_stages(config), "config": asdict(config), "train_runtime_s": round(runtime_s, 1)}
-    (out / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+    write_settings(out, settings)
     (out / "log_history.json").write_text(json.dumps(log_history, indent=1) + "\n")
 
 

@@ -60,6 +60,10 @@ def read_settings(folder: Path) -> dict:
         raise SelectorError(f"{folder}: no selector here ({error}); train one with `python -m train selector`") from None
 
 
+def write_settings(folder: Path, settings: dict) -> None:
+    (Path(folder) / SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
+
+
 class Vectors(NamedTuple):
     """Unit vectors of texts: the tuned selector's, the untuned encoder's (None when unused), and
     for the index's lines the untuned encoder's of their prompts (None for other replies)."""
