@@ -3,6 +3,7 @@ encoder saved as one) and a handful of invented lines."""
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 
@@ -545,6 +546,32 @@ def test_ceiling_items_show_each_blind_conversation_the_selectors_top_lines(tmp_
     (data / "test.jsonl").write_text("".join(json.dumps({**record, "season": 1, "episode": 2}) + "\n" for record in test))
     with pytest.raises(TrainDataError, match="held-out episodes"):
         make_items(data, selector_folder, lines_folder, tmp_path / "leaky", 3)
+
+
+def test_blind_draws_share_no_conversation_and_bring_their_own_everyday_messages(tmp_path):
+    from train.blind import EVERYDAY, HELD_OUT, SENDER, blind_conversations, read_everyday
+
+    data = tmp_path / "data"
+    data.mkdir()
+    test = [{"context": [{"speaker": "Ross", "text": f"Day {n}."}], "reply": "Sure.", "season": 9, "episode": n}
+            for n in range(2 * HELD_OUT + 50)]
+    (data / "test.jsonl").write_text("".join(json.dumps(record) + "\n" for record in test))
+    first = blind_conversations(data)
+    assert [c["turns"] for c in first[:HELD_OUT]] == [r["context"] for r in random.Random(0).sample(test, HELD_OUT)]
+    assert [c["turns"][0]["text"] for c in first[HELD_OUT:]] == EVERYDAY
+    (tmp_path / "everyday.txt").write_text("Hello there.\n\n  My cat left me.  \n")
+    second = blind_conversations(data, draw=1, everyday=read_everyday(tmp_path / "everyday.txt"))
+    held_out = [{c["turns"][0]["text"] for c in draw if c["kind"] == "held-out"} for draw in (first, second)]
+    assert len(held_out[1]) == HELD_OUT and not held_out[0] & held_out[1]
+    assert [c["turns"] for c in second[HELD_OUT:]] == [[{"speaker": SENDER, "text": "Hello there."}],
+                                                       [{"speaker": SENDER, "text": "My cat left me."}]]
+    with pytest.raises(TrainDataError, match="no draw 2"):
+        blind_conversations(data, draw=2)
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    run = subprocess.run([sys.executable, "-m", "train", "blind", "make", "--everyday", str(tmp_path / "blank.txt"),
+                          "--data", str(data), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().count("\n") == 0 and "no everyday messages" in run.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_ceiling_pairs_put_the_readers_pick_against_each_blind_rival(tmp_path):

@@ -98,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
                        help="make-examples: the plain generations that `make` cached")
+    blind.add_argument("--draw", type=int, default=0,
+                       help="make: which hundred held-out test conversations (0: the shipped round's; no two draws share one)")
+    blind.add_argument("--everyday", type=Path, help="make: everyday messages, one per line (default: the shipped round's 30)")
     ceiling = commands.add_parser("ceiling", help="readers pick among his top lines (`items`), their picks against the blind rivals (`pairs`)")
     ceiling.add_argument("step", choices=["items", "pairs"])
     add_line_sources(ceiling, "build/lines-without-test", WITHOUT_TEST)
@@ -193,10 +196,11 @@ def run_rerank(args: argparse.Namespace) -> None:
 
 
 def run_blind(args: argparse.Namespace) -> None:
-    from train.blind import make_example_pairs, make_pairs, score
+    from train.blind import EVERYDAY, make_example_pairs, make_pairs, read_everyday, score
 
     if args.step == "make":
-        print(make_pairs(args.data, args.selector, args.lines, args.out))
+        everyday = read_everyday(args.everyday) if args.everyday else EVERYDAY
+        print(make_pairs(args.data, args.selector, args.lines, args.out, draw=args.draw, everyday=everyday))
     elif args.step == "make-examples":
         print(make_example_pairs(args.data, args.selector, args.lines, args.out, args.plain))
     else:

@@ -2,7 +2,9 @@
 
 `make`: 100 held-out test conversations (test episodes; the line index used here is built without
 them, so Chandler's true line cannot be retrieved) and 30 everyday messages that are not from the
-show. For each, the replies of: blend (the shipped reply policy), generate (one sampled generation,
+show. A later `draw` takes the next 100 test conversations of the same shuffle (no two draws share
+one) and may bring its own everyday messages: a fresh round, for judges to check what was tuned on
+the first. For each, the replies of: blend (the shipped reply policy), generate (one sampled generation,
 as `reply_mode=generate` sends), naive quote (the Chandler line of 3+ words whose untuned
 MiniLM embedding is closest to the last message) and, held-out only, Chandler's real line. The pairs
 blend–generate, blend–naive, blend–real go to `pairs.jsonl` (fields id, context, A, B) with the
@@ -23,6 +25,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -73,14 +76,28 @@ EVERYDAY = [
 ]
 
 
-def blind_conversations(data: Path, seed: int = 0) -> list[dict]:
-    """The held-out conversations (someone else speaks last) and the everyday ones, in a fixed order."""
+def blind_conversations(data: Path, seed: int = 0, draw: int = 0, everyday: Sequence[str] = EVERYDAY) -> list[dict]:
+    """The `draw`-th hundred held-out conversations (someone else speaks last) of one seeded shuffle,
+    then the everyday ones, in a fixed order."""
     test = [record for record in read_split(data, "test") if record["context"][-1]["speaker"] != CHARACTER]
-    held_out = random.Random(seed).sample(test, HELD_OUT)
+    held_out = random.Random(seed).sample(test, len(test))[draw * HELD_OUT : (draw + 1) * HELD_OUT]
+    if draw < 0 or len(held_out) < HELD_OUT:
+        raise TrainDataError(f"{data}: {len(test)} test conversations hold no draw {draw} of {HELD_OUT}")
     conversations = [{"kind": "held-out", "turns": r["context"], "real": r["reply"],
                       "season": r["season"], "episode": r["episode"]} for r in held_out]
-    conversations += [{"kind": "everyday", "turns": [{"speaker": SENDER, "text": text}]} for text in EVERYDAY]
+    conversations += [{"kind": "everyday", "turns": [{"speaker": SENDER, "text": text}]} for text in everyday]
     return conversations
+
+
+def read_everyday(path: Path) -> list[str]:
+    """Everyday messages, one per line of a text file."""
+    try:
+        messages = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise TrainDataError(f"{path}: no readable everyday messages ({error})") from None
+    if not messages:
+        raise TrainDataError(f"{path}: no everyday messages (one per line)")
+    return messages
 
 
 def generations(conversations: list[dict], n: int, max_new_tokens: int, cache: Path, seed: int = 0) -> list[list[str]]:
@@ -158,10 +175,10 @@ def check_held_out(index: LineIndex, conversations: list[dict], splits: str = "t
 
 
 def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEND_GENERATIONS,
-               max_new_tokens: int = 40, seed: int = 0) -> dict:
+               max_new_tokens: int = 40, seed: int = 0, draw: int = 0, everyday: Sequence[str] = EVERYDAY) -> dict:
     from serve.engine import load_engine
 
-    conversations = blind_conversations(data, seed)
+    conversations = blind_conversations(data, seed, draw, everyday)
     generated = generations(conversations, n, max_new_tokens, out / "generations.json", seed)
     policy = ReplyPolicy("blend", selector, lines)
     check_held_out(policy.index, conversations)
