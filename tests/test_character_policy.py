@@ -543,6 +543,8 @@ def test_ceiling_items_show_each_blind_conversation_the_selectors_top_lines(tmp_
     job = key["r000"]
     assert sorted(job["options"]) == sorted(line.text for line in index.top(index.selector.conversations([job["turns"]]), 3, [job["turns"]])[0])
     assert key[f"r{HELD_OUT:03d}"]["turns"] == [{"speaker": "Alex", "text": EVERYDAY[0]}]
+    with pytest.raises(TrainDataError, match="no draw 1"):  # a fresh round's draw: the fixture has one hundred
+        make_items(data, selector_folder, lines_folder, tmp_path / "fresh", 3, draw=1)
     (data / "test.jsonl").write_text("".join(json.dumps({**record, "season": 1, "episode": 2}) + "\n" for record in test))
     with pytest.raises(TrainDataError, match="held-out episodes"):
         make_items(data, selector_folder, lines_folder, tmp_path / "leaky", 3)

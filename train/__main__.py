@@ -26,6 +26,20 @@ def add_prompts(parser: argparse.ArgumentParser) -> None:
                         help="readers' prompts of the lines ({\"line\", \"prompt\"} per line)")
 
 
+def add_draw(parser: argparse.ArgumentParser, step: str) -> None:
+    """Which blind conversations (`train.blind.blind_conversations`)."""
+    parser.add_argument("--draw", type=int, default=0,
+                        help=f"{step}: which hundred held-out test conversations (0: the shipped round's; no two draws share one)")
+    parser.add_argument("--everyday", type=Path,
+                        help=f"{step}: everyday messages, one per line (default: the shipped round's 30)")
+
+
+def everyday_messages(args: argparse.Namespace) -> list[str]:
+    from train.blind import EVERYDAY, read_everyday
+
+    return read_everyday(args.everyday) if args.everyday else EVERYDAY
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description="Fine-tune and evaluate the Chandler adapter.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,13 +112,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     blind.add_argument("--out", type=Path, default=Path("eval/blind"))
     blind.add_argument("--plain", type=Path, default=Path("eval/blind/generations.json"),
                        help="make-examples: the plain generations that `make` cached")
-    blind.add_argument("--draw", type=int, default=0,
-                       help="make: which hundred held-out test conversations (0: the shipped round's; no two draws share one)")
-    blind.add_argument("--everyday", type=Path, help="make: everyday messages, one per line (default: the shipped round's 30)")
+    add_draw(blind, "make")
     ceiling = commands.add_parser("ceiling", help="readers pick among his top lines (`items`), their picks against the blind rivals (`pairs`)")
     ceiling.add_argument("step", choices=["items", "pairs"])
     add_line_sources(ceiling, "build/lines-without-test", WITHOUT_TEST)
     ceiling.add_argument("--depth", type=int, default=20, help="items: the selector's top lines shown per conversation")
+    add_draw(ceiling, "items")
     ceiling.add_argument("--readers", type=Path, nargs="+", default=[Path("eval/ceiling/top20")],
                          help="items: the folder to write; pairs: the folders with readers' labels.jsonl")
     ceiling.add_argument("--blind", type=Path, default=Path("eval/blind"), help="pairs: the blind round whose rivals to use")
@@ -196,11 +209,10 @@ def run_rerank(args: argparse.Namespace) -> None:
 
 
 def run_blind(args: argparse.Namespace) -> None:
-    from train.blind import EVERYDAY, make_example_pairs, make_pairs, read_everyday, score
+    from train.blind import make_example_pairs, make_pairs, score
 
     if args.step == "make":
-        everyday = read_everyday(args.everyday) if args.everyday else EVERYDAY
-        print(make_pairs(args.data, args.selector, args.lines, args.out, draw=args.draw, everyday=everyday))
+        print(make_pairs(args.data, args.selector, args.lines, args.out, draw=args.draw, everyday=everyday_messages(args)))
     elif args.step == "make-examples":
         print(make_example_pairs(args.data, args.selector, args.lines, args.out, args.plain))
     else:
@@ -211,7 +223,8 @@ def run_ceiling(args: argparse.Namespace) -> None:
     from train.ceiling import make_items, make_pairs
 
     if args.step == "items":
-        print(make_items(args.data, args.selector, args.lines, args.readers[0], args.depth))
+        print(make_items(args.data, args.selector, args.lines, args.readers[0], args.depth,
+                         draw=args.draw, everyday=everyday_messages(args)))
     else:
         print(make_pairs(args.readers, args.blind, args.out))
 

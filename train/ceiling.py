@@ -1,9 +1,10 @@
 """`python -m train ceiling`: how far a perfect picker among his retrieved lines would get in the
 blind comparison, with readers standing in for the picker.
 
-`items`: the blind comparison's conversations (`train.blind`), each with the selector's top `depth`
-lines from the index without test episodes (the pool blend picks from when `depth` is the policy's
-`TOP_K`), in the readers' format of `python -m train preferences`: `items.jsonl` and `key.json`.
+`items`: the blind comparison's conversations (`train.blind`; a later `draw` for a fresh round),
+each with the selector's top `depth` lines from the index without test episodes (the pool blend
+picks from when `depth` is the policy's `TOP_K`), in the readers' format of `python -m train
+preferences`: `items.jsonl` and `key.json`.
 
 `pairs`: the line a reader picked (`labels.jsonl` of each items folder) against the rivals of a
 blind round (its `examples.json`: generate, naive quote, real line), shuffled together with that
@@ -15,18 +16,20 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from serve.character.policy import ReplyPolicy
-from train.blind import blind_conversations, blind_pair, check_held_out, context_lines, round_pairs, write_pairs
+from train.blind import EVERYDAY, blind_conversations, blind_pair, check_held_out, context_lines, round_pairs, write_pairs
 from train.examples import TrainDataError
 from train.preferences import read_picks, write_items
 
 RIVALS = ("generate", "naive quote", "real line")
 
 
-def make_items(data: Path, selector: Path, lines: Path, out: Path, depth: int, seed: int = 0) -> dict:
-    conversations = blind_conversations(data, seed)
+def make_items(data: Path, selector: Path, lines: Path, out: Path, depth: int, seed: int = 0, draw: int = 0,
+               everyday: Sequence[str] = EVERYDAY) -> dict:
+    conversations = blind_conversations(data, seed, draw, everyday)
     policy = ReplyPolicy("quote", selector, lines)
     check_held_out(policy.index, conversations)
     summary = write_items(out, policy, [conversation["turns"] for conversation in conversations], depth, seed)
