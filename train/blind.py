@@ -4,11 +4,11 @@
 them, so Chandler's true line cannot be retrieved) and 30 everyday messages that are not from the
 show. A later `draw` takes the next 100 test conversations of the same shuffle (no two draws share
 one) and may bring its own everyday messages: a fresh round, for judges to check what was tuned on
-the first. For each, the replies of: blend (the shipped reply policy), generate (one sampled generation,
-as `reply_mode=generate` sends), naive quote (the Chandler line of 3+ words whose untuned
-MiniLM embedding is closest to the last message) and, held-out only, Chandler's real line. The pairs
-blend–generate, blend–naive, blend–real go to `pairs.jsonl` (fields id, context, A, B) with the
-sides shuffled and no sources; which side is which goes to `key.json`.
+the first. For each, the replies of: blend (the shipped reply policy), generate (one sampled
+generation, as `reply_mode=generate` sends), naive quote (the Chandler line of 3+ words whose
+untuned MiniLM embedding is closest to the last message) and, held-out only, Chandler's real line.
+The pairs blend–generate, blend–naive, blend–real go to `pairs.jsonl` (fields id, context, A, B)
+with the sides shuffled and no sources; which side is which goes to `key.json`.
 
 `make-examples`: the same conversations, one generation with the index's top `EXAMPLES` lines for
 the conversation shown to the generator as examples (in its system prompt) against the plain
