@@ -61,16 +61,19 @@ def run(args: argparse.Namespace) -> int:
         return _fail("--message is empty")
     if args.best_of < 1:
         return _fail("--best-of must be at least 1")
+    from serve.character.picker import configured_picker
     from serve.character.style import StyleModelError, StyleScorer
     from serve.engine import load_engine
+    from serve.settings import SettingsError, load
 
     _quiet()
     try:
-        policy = ReplyPolicy(args.reply_mode, rerank=args.rerank)  # before the engine: a missing selector or index fails at once
+        picker = configured_picker(load())  # CHANDLER_PICKER_URL, ... from the environment, as the backend reads them
+        policy = ReplyPolicy(args.reply_mode, rerank=args.rerank, picker=picker)  # before the engine: a missing selector or index fails at once
         engine = load_engine(args.engine, args.base_model, args.adapter, args.quantization, args.device)
         if args.best_of > 1:
             engine.scorer = StyleScorer()  # loaded now, so that a missing classifier fails at start
-    except (ModelLoadError, StyleModelError, SelectorError) as error:
+    except (ModelLoadError, StyleModelError, SelectorError, SettingsError) as error:
         return _fail(str(error))
     sampling = Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed, best_of=args.best_of)
     if args.message is not None:

@@ -16,6 +16,10 @@ URL with its password, the feedback salt) come only from the environment and are
 | CHANDLER_BEST_OF              | 1          | >1: sample n replies, send the most Chandler-like (n× the compute; whole replies, not streamed word by word) |
 | CHANDLER_REPLY_MODE           | blend      | `generate`, `quote` (his real lines) or `blend` (the selector picks among both; one piece, not streamed word by word) |
 | CHANDLER_RERANK               | on         | `off`: the selector alone picks his line, no LM rerank of its top lines (~1 s sooner on 2 CPU cores) |
+| CHANDLER_PICKER_URL           | (unset)    | an OpenAI-compatible API (e.g. http://localhost:11434/v1) whose model picks among his top lines (serve/character/picker.py) |
+| CHANDLER_PICKER_MODEL         | (unset)    | the model that picks there; needed with the URL          |
+| CHANDLER_PICKER_TIMEOUT       | 5          | seconds to wait for its pick; after that the preference's pick is sent |
+| CHANDLER_PICKER_API_KEY       | (unset)    | secret: sent to the picker's API as `Authorization: Bearer <key>` |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |
 | CHANDLER_MAX_MESSAGE_CHARS    | 2000       | longest accepted message (413 above; prompts are also capped in tokens, data/dialogue.py) |
@@ -30,7 +34,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +59,9 @@ class AppArgs(BaseModel):
     best_of: PositiveInt = 1
     reply_mode: Literal["generate", "quote", "blend"] = "blend"  # serve/character/policy.py
     rerank: bool = True  # the LM rerank of the selector's top lines, where the selector has one fitted
+    picker_url: str | None = Field(None, pattern=r"^https?://\S+$")  # serve/character/picker.py
+    picker_model: str | None = None
+    picker_timeout_s: PositiveFloat = Field(5.0, validation_alias="CHANDLER_PICKER_TIMEOUT")
     context_turns: PositiveInt = 20
     context_ttl_s: PositiveInt = Field(86400, validation_alias="CHANDLER_CONTEXT_TTL")
     max_message_chars: PositiveInt = 2000
@@ -72,6 +79,13 @@ class Settings(AppArgs, BaseSettings):
     redis_url: str | None = Field(None, validation_alias="REDIS_URL", repr=False)
     api_key: str | None = Field(None, repr=False)
     feedback_salt: str | None = Field(None, repr=False)
+    picker_api_key: str | None = Field(None, repr=False)
+
+    @model_validator(mode="after")
+    def picker_named(self) -> "Settings":
+        if self.picker_url and not self.picker_model:
+            raise ValueError("picker_url (CHANDLER_PICKER_URL) needs picker_model (CHANDLER_PICKER_MODEL): the model that picks")
+        return self
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -94,7 +108,9 @@ def load(args: AppArgs | Mapping[str, Any] | None = None) -> Settings:
         return Settings(**given.model_dump(exclude_unset=True))
     except ValidationError as error:
         problem = error.errors()[0]
-        field = str(problem["loc"][0]) if problem["loc"] else "settings"
+        if not problem["loc"]:  # a rule across settings (`picker_named`): its input is all of them, secrets too
+            raise SettingsError(problem["ctx"]["error"].args[0]) from None
+        field = str(problem["loc"][0])
         if problem["type"] == "extra_forbidden":
             raise SettingsError(f"{field}: not a setting the Serve config may give (secrets come from the environment)") from None
         name = field

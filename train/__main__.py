@@ -9,6 +9,7 @@ from pathlib import Path
 from serve.character.selector import SelectorError
 from serve.character.style import DEFAULT_STYLE_MODEL, StyleModelError
 from serve.engine.loading import EMBEDDED, ModelLoadError
+from serve.settings import SettingsError
 from train.examples import TrainDataError
 
 WITHOUT_TEST = "an index without the test episodes (`python -m train lines --splits train validation`)"
@@ -212,7 +213,11 @@ def run_blind(args: argparse.Namespace) -> None:
     from train.blind import make_example_pairs, make_pairs, score
 
     if args.step == "make":
-        print(make_pairs(args.data, args.selector, args.lines, args.out, draw=args.draw, everyday=everyday_messages(args)))
+        from serve.character.picker import configured_picker
+        from serve.settings import load
+
+        picker = configured_picker(load())  # blend as configured: with the LLM picker where CHANDLER_PICKER_URL names one
+        print(make_pairs(args.data, args.selector, args.lines, args.out, draw=args.draw, everyday=everyday_messages(args), picker=picker))
     elif args.step == "make-examples":
         print(make_example_pairs(args.data, args.selector, args.lines, args.out, args.plain))
     else:
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         {"sft": run_sft, "evaluate": run_evaluate, "style": run_style, "selector": run_selector,
          "lines": run_lines, "rerank": run_rerank, "prompts": run_prompts, "blind": run_blind, "preferences": run_preferences,
          "ceiling": run_ceiling, "export": run_export}[args.command](args)
-    except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse) as error:
+    except (ModelLoadError, StyleModelError, SelectorError, TrainDataError, OutputInUse, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

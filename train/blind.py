@@ -33,6 +33,7 @@ import numpy as np
 
 from data.dialogue import CHARACTER, PERSONA, Turn
 from serve.character.lines import Line, LineIndex, normalized, said_in
+from serve.character.picker import LlmPicker
 from serve.character.policy import BLEND_GENERATIONS, ReplyPolicy
 from serve.character.selector import last_message
 from serve.character.style import embed
@@ -175,12 +176,13 @@ def check_held_out(index: LineIndex, conversations: list[dict], splits: str = "t
 
 
 def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEND_GENERATIONS,
-               max_new_tokens: int = 40, seed: int = 0, draw: int = 0, everyday: Sequence[str] = EVERYDAY) -> dict:
+               max_new_tokens: int = 40, seed: int = 0, draw: int = 0, everyday: Sequence[str] = EVERYDAY,
+               picker: LlmPicker | None = None) -> dict:
     from serve.engine import load_engine
 
     conversations = blind_conversations(data, seed, draw, everyday)
     generated = generations(conversations, n, max_new_tokens, out / "generations.json", seed)
-    policy = ReplyPolicy("blend", selector, lines)
+    policy = ReplyPolicy("blend", selector, lines, picker=picker)
     check_held_out(policy.index, conversations)
     engine = load_engine() if policy.rerank else None  # the serving engine's LM reranks the lines
     rng = random.Random(seed)
@@ -205,7 +207,7 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
     quotes = sum(e["blend_source"]["kind"] == "quote" for e in examples)
     summary = {"pairs": len(pairs), "conversations": len(conversations), "blend_quotes": quotes,
                "blend_generated": len(examples) - quotes, "policy_choose_ms_per_conversation_batched": round(choose_ms, 1),
-               "generations_per_conversation": n}
+               "generations_per_conversation": n, **({"picker": picker.model} if picker else {})}
     (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

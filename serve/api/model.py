@@ -26,15 +26,18 @@ class ChandlerModel:
     1 s) for the clients it just answered, so that their next requests join the same pass."""
 
     def __init__(self, s: AppArgs) -> None:
+        from serve.character.picker import configured_picker
         from serve.character.policy import ReplyPolicy
         from serve.engine import load_engine
+        from serve.settings import load
 
         if s.torch_threads:
             import torch
 
             torch.set_num_threads(s.torch_threads)
         self.engine = load_engine(s.engine, s.base_model, s.adapter, s.quantization, s.device, threads=s.torch_threads)
-        self.policy = ReplyPolicy(s.reply_mode, rerank=s.rerank)  # generate | quote | blend: serve/character/policy.py
+        picker = configured_picker(load(s))  # its API key comes from this replica's environment
+        self.policy = ReplyPolicy(s.reply_mode, rerank=s.rerank, picker=picker)  # generate | quote | blend: serve/character/policy.py
         self.max_batch_size, self.batch_wait_s = 16, 0.05
         self.pending: list[tuple[tuple, asyncio.Future]] = []
         self.arrived = asyncio.Event()

@@ -12,7 +12,8 @@ Where the selector has a fitted LM rerank (`lm_weight`) and `rerank` is on, the 
 reranked with the engine's LM (`serve/character/rerank.py`), and the threshold is the one fitted on
 that reranked score; where the selector also has a readers' preference (`preference.py`), the
 best line is the one it ranks first. With `rerank` off, the selector's own score and threshold
-decide (faster).
+decide (faster). Where an LLM picker is configured (`picker.py`), it picks among the ordered lines
+instead, and the threshold applies to its line.
 
 A line already said in the channel's recent context (by anyone) is never sent again. The source of
 each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
@@ -27,6 +28,7 @@ import numpy as np
 
 from data.dialogue import Turn
 from serve.character.lines import DEFAULT_LINES, Line, LineIndex, index_selector, normalized, said_in
+from serve.character.picker import LlmPicker
 from serve.character.preference import Preference
 from serve.character.rerank import LmRerank
 from serve.character.selector import DEFAULT_SELECTOR, Selector, SelectorError, selector_id
@@ -63,9 +65,10 @@ class ReplyPolicy:
     except under `generate` (a missing one raises `SelectorError` with one line for the user)."""
 
     def __init__(self, mode: str = DEFAULT_MODE, selector: Path | str = DEFAULT_SELECTOR,
-                 lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K, rerank: bool = True) -> None:
+                 lines: Path | str = DEFAULT_LINES, top_k: int = TOP_K, rerank: bool = True,
+                 picker: LlmPicker | None = None) -> None:
         check_files(mode, selector, lines)
-        self.mode, self.top_k = mode, top_k
+        self.mode, self.top_k, self.picker = mode, top_k, picker
         self.selector = self.index = self.rerank = self.threshold = None
         if mode != "generate":
             self.selector = Selector(selector)
@@ -84,11 +87,13 @@ class ReplyPolicy:
     def lines(self, conversations: Sequence[Sequence[Turn]], engine=None) -> list[Line | None]:
         """Each conversation's best real line not yet said in it (None if none is left); the encoders
         run once per batch, and so does the `engine`'s LM when the lines are reranked (it must be
-        given then)."""
+        given then); a configured picker is asked for the conversations of the batch at once."""
         lines = self.index.top(self.selector.conversations(conversations), self.top_k, conversations)
         if self.rerank is not None:
             self.rerank.bind(engine)
             lines = self.rerank.rerank(conversations, lines)
+        if self.picker is not None:
+            lines = self.picker.order(conversations, lines)
         return [group[0] if group else None for group in lines]
 
     def sendable(self, line: Line | None) -> bool:
