@@ -18,7 +18,7 @@ URL with its password, the feedback salt) come only from the environment and are
 | CHANDLER_RERANK               | on         | `off`: the selector alone picks his line, no LM rerank of its top lines (~1 s sooner on 2 CPU cores) |
 | CHANDLER_PICKER_URL           | (unset)    | an OpenAI-compatible API (e.g. http://localhost:11434/v1) whose model picks among his top lines (serve/character/picker.py) |
 | CHANDLER_PICKER_MODEL         | (unset)    | the model that picks there; needed with the URL          |
-| CHANDLER_PICKER_TIMEOUT       | 5          | seconds to wait for its pick; after that the preference's pick is sent |
+| CHANDLER_PICKER_TIMEOUT       | 5          | seconds to wait for its pick; after that the policy's own line is sent |
 | CHANDLER_PICKER_API_KEY       | (unset)    | secret: sent to the picker's API as `Authorization: Bearer <key>` |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |

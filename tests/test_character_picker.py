@@ -77,7 +77,7 @@ def test_a_picker_without_a_usable_answer_leaves_the_policys_own_line(answer, ch
         chosen, = quoting.choose([JOB], [[]])
     assert chosen.text == own[0].text
     warning, = [record.getMessage() for record in caplog.records]
-    assert "the preference's order stands" in warning and KEY not in warning and JOB[0]["text"] not in warning
+    assert "the policy's own line stands" in warning and KEY not in warning and JOB[0]["text"] not in warning
 
 
 def test_picker_settings_need_a_model_and_keep_the_key_secret(monkeypatch):

@@ -1,8 +1,9 @@
 """An LLM that picks his line among the top lines: optional, any OpenAI-compatible chat endpoint.
 
-A reader's pick among blend's top 5 lines meets every blind goal, where the readers' preference
-that runs on 2 CPU cores does not (README, "What a perfect picker would reach"): the lines are
-there, the pick falls short, and no small model here reads them like the readers. An operator with
+A reader's pick among blend's top 5 lines wins far more blind judgments than the readers'
+preference that runs on 2 CPU cores (README, "What a perfect picker would reach" and "An LLM
+picker"): the lines are there, the pick falls short, and no small model here reads them like the
+readers. An operator with
 a larger model (Ollama or vLLM beside the cluster, or a hosted API) can have it pick instead. It is
 asked the readers' own question about the conversation and the numbered lines, and answers with a
 number: the reply is still his real line, never the model's text. Only the turns the selector reads
@@ -53,11 +54,11 @@ class LlmPicker:
             response.raise_for_status()
             answer = response.json()["choices"][0]["message"]["content"] or ""
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
-            log.warning("the line picker gave no answer (%s); the preference's order stands", type(error).__name__)
+            log.warning("the line picker gave no answer (%s); the policy's own line stands", type(error).__name__)
             return None
         found = ANSWER.search(answer)
         if found is None or not 1 <= int(found.group()) <= len(options):
-            log.warning("the line picker's answer names no option (%d characters); the preference's order stands", len(answer))
+            log.warning("the line picker's answer names no option (%d characters); the policy's own line stands", len(answer))
             return None
         return int(found.group()) - 1
 
