@@ -154,6 +154,10 @@ def test_no_line_already_in_the_conversation_is_sent_again(selector_folder, line
     turns = [*JOB, {"speaker": "Chandler", "text": said}, {"speaker": "Alex", "text": "No really, what is your job?"}]
     chosen, = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose([turns], [[]])
     assert chosen.text != said and chosen.source["kind"] == "quote"
+    top, = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose([JOB], [[]])
+    assert top.text == said  # the best line for the job question, unless it is to be avoided (a regenerate)
+    other, = policy("quote", selector_folder, lines_folder, threshold=-5.0).choose([JOB], [[]], avoid=[said.upper()])
+    assert other.text != said and other.source["kind"] == "quote"
     blend = policy("blend", selector_folder, lines_folder, threshold=5.0)
     assert blend.choose([turns], [["  " + said.upper(), "Accounting, sort of."]])[0].text == "Accounting, sort of."
 

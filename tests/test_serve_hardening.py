@@ -125,6 +125,10 @@ def test_regenerate_replaces_the_last_reply(serve_app, redis_db):
     turns = stored(redis_db, "c-regen")
     assert [(t["role"], t["text"]) for t in turns] == [("user", "Tell me a joke"), ("assistant", again.json()["reply"])]
     assert turns[0]["ts"] <= turns[1]["ts"]
+    assert turns[1]["replaced"] == [first["reply"]]  # what "another one" must not send again
+    third = httpx.post(f"{serve_app}/v1/chat", json=body, headers=AUTH, timeout=TIMEOUT)
+    assert third.status_code == 200, third.text
+    assert stored(redis_db, "c-regen")[-1]["replaced"] == [first["reply"], again.json()["reply"]]
     empty = httpx.post(f"{serve_app}/v1/chat", json={**body, "channel_id": "c-regen-none"}, headers=AUTH, timeout=TIMEOUT)
     assert empty.status_code == 409 and empty.json()["error"]["code"] == "nothing_to_regenerate"
     assert not redis_db.exists(KEY.format("c-regen-none"))

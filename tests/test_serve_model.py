@@ -61,3 +61,5 @@ async def test_blend_sends_his_real_line_with_its_episode_and_never_twice(monkey
     said = turns + [{"speaker": "Chandler", "text": first["text"]}, {"speaker": "Joey", "text": turns[0]["text"]}]
     again = await model.generate(said, sampling)
     assert again["text"] != first["text"]
+    other = await model.generate(turns, {**sampling, "avoid": (first["text"],)})  # a regenerate: "another one"
+    assert other["text"] != first["text"] and other["source"]["kind"] == "quote"

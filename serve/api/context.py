@@ -57,10 +57,13 @@ class Ticket:
 @dataclass(frozen=True)
 class Commit:
     """What to write: `turns` appended, or, with `replaces` (the old reply's text), the channel's
-    last reply replaced by `turns[0]`; `key`/`response`: an Idempotency-Key and the reply kept under it."""
+    last reply replaced by `turns[0]`; `replaced`: every reply the regenerations of this exchange
+    have replaced, kept in the new reply's turn so that "another one" never comes back to one;
+    `key`/`response`: an Idempotency-Key and the reply kept under it."""
 
     turns: tuple[dict[str, Any], ...]
     replaces: str | None = None
+    replaced: tuple[str, ...] = ()
     key: str | None = None
     response: str = ""
 

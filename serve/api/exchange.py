@@ -58,8 +58,8 @@ class Exchange:
         Idempotency-Key. A regenerated reply whose channel moved on meanwhile is a 409."""
         if ticket is None:  # the store was down when the exchange opened
             return answer
-        commit = replace(commit, turns=(*commit.turns, turn("assistant", CHARACTER, answer["reply"])),
-                         response=json.dumps(answer, ensure_ascii=False))
+        reply = turn("assistant", CHARACTER, answer["reply"]) | ({"replaced": list(commit.replaced)} if commit.replaced else {})
+        commit = replace(commit, turns=(*commit.turns, reply), response=json.dumps(answer, ensure_ascii=False))
 
         async def in_order() -> str:
             while ticket.seq - 1 > await self.store.finished(channel) and time.monotonic() < deadline:

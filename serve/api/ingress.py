@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from serve.api.context import Commit, speaker, to_turns, turn
 from serve.api.errors import RETRY_DOWN, STATIC, ApiError, api, parse
 from serve.api.exchange import Exchange
+from serve.api.model import AVOID
 from serve.api.modelcall import ModelClient
 from serve.api.openai import SSE_HEADERS, completion, completion_events, request_turns, sse
 from serve.api.schemas import CHANNEL_ID, IDEMPOTENCY_KEY, ChatRequest, FeedbackRequest, OpenAIRequest
@@ -30,6 +31,7 @@ from serve.api.store import open_store
 from serve.settings import AppArgs, load
 
 log = logging.getLogger("ray.serve.chandler")
+MAX_REPLACED = 20  # replies a chain of "another one" remembers not to send again
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)
@@ -121,20 +123,23 @@ class ChatIngress:
             return self.answer(kept, body.stream)
         ticket, stored = await self.exchange.open(channel, deadline)
         try:
+            sampling = self.sampling()
             if body.regenerate:
                 if not stored or stored[-1].get("role") != "assistant":
                     raise ApiError(409, "nothing_to_regenerate", "the channel has no reply to regenerate")
-                commit = Commit((), replaces=stored[-1]["text"], key=key)
+                replaced = (*stored[-1].get("replaced", ()), stored[-1]["text"])[-MAX_REPLACED:]
+                commit = Commit((), replaces=stored[-1]["text"], replaced=replaced, key=key)
                 turns = to_turns(stored[:-1])
+                sampling[AVOID] = replaced  # "another one" is another: none of the replies it replaced
             else:
                 commit = Commit((turn("user", body.user.name, message),), key=key)
                 turns = to_turns(stored) + [{"speaker": speaker(body.user.name), "text": message}]
             if body.stream:
-                first, stream = await self.model.open_stream(turns, self.sampling(), deadline)
+                first, stream = await self.model.open_stream(turns, sampling, deadline)
                 events = self.chat_events(channel, ticket, commit, self.model.pieces(first, stream, deadline), deadline)
                 ticket = None  # the events release it
                 return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-            result = await self.model.reply(turns, self.sampling(), deadline)
+            result = await self.model.reply(turns, sampling, deadline)
             answer = {"reply": result["text"], "usage": {k: result[k] for k in ("prompt_tokens", "completion_tokens")},
                       "source": result["source"]}
             answer, ticket = await self.exchange.commit(channel, ticket, commit, answer, deadline), None

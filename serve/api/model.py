@@ -10,6 +10,17 @@ from ray import serve
 
 from serve.settings import AppArgs
 
+AVOID = "avoid"  # a request's option beside the engine's Sampling: replies not to send (a regenerate's replaced one)
+
+
+def sampling_of(options: dict[str, Any]):
+    """A request's options as the engine's `Sampling` and the replies to avoid."""
+    from serve.engine import Sampling
+
+    options = dict(options)
+    avoid = tuple(options.pop(AVOID, ()))
+    return Sampling(**options), avoid
+
 log = logging.getLogger("ray.serve.chandler")  # under Ray Serve's logger: lands in the replica logs
 
 
@@ -115,17 +126,15 @@ class ChandlerModel:
             self.last_pass, self.last_pending = (loop.time(), took, len(batch)), len(self.pending)
 
     async def _pass(self, batch: list[tuple[tuple, asyncio.Future]]) -> None:
-        from serve.engine import Sampling
-
         self.batches += 1
         self.batched += len(batch)
         groups: dict[tuple, list[int]] = defaultdict(list)  # one engine call per distinct sampling
         for i, ((_, sampling), _) in enumerate(batch):
             groups[tuple(sorted(sampling.items()))].append(i)
         for key, members in groups.items():
-            sampling = Sampling(**dict(key))
+            sampling, avoid = sampling_of(dict(key))
             try:
-                replies = await asyncio.to_thread(self._generate, [batch[i][0][0] for i in members], sampling)
+                replies = await asyncio.to_thread(self._generate, [batch[i][0][0] for i in members], sampling, avoid)
             except Exception as error:
                 for i in members:
                     if not batch[i][1].done():
@@ -136,7 +145,7 @@ class ChandlerModel:
                 if not batch[i][1].done():
                     batch[i][1].set_result({**reply, "load": load})
 
-    def _generate(self, conversations: list[list[dict[str, str]]], sampling) -> list[dict[str, Any]]:
+    def _generate(self, conversations: list[list[dict[str, str]]], sampling, avoid: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """The engine's replies as the API reports them: `completion_tokens` are the tokens of the
         reply as sent (as for a stream); `finish_reason` is `length` when the engine hit the cap;
         `source` says whether the reply policy sent a real line of the show (never cut: `stop`) or a generated one."""
@@ -146,14 +155,13 @@ class ChandlerModel:
             {"text": reply.text, "prompt_tokens": reply.prompt_tokens, "completion_tokens": self.engine.count_tokens(reply.text),
              "finish_reason": "length" if source["kind"] == "generated" and reply.completion_tokens >= sampling.max_new_tokens else "stop",
              "source": source}
-            for reply, source in respond(self.engine, self.policy, conversations, sampling)
+            for reply, source in respond(self.engine, self.policy, conversations, sampling, avoid)
         ]
 
     async def stream(self, turns: list[dict[str, str]], sampling: dict[str, Any]):
         """`{"delta": text}` pieces, then `{"usage", "finish_reason", "source"}`. The engine runs in a
         thread; a reader that goes away stops it at the next piece."""
         from serve.character.policy import GENERATED
-        from serve.engine import Sampling
 
         if self.policy.mode != "generate":  # the policy chooses among whole candidates: one piece
             result = await self.generate(turns, sampling)
@@ -164,7 +172,7 @@ class ChandlerModel:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
-        pieces = self.engine.stream(turns, Sampling(**sampling))
+        pieces = self.engine.stream(turns, sampling_of(sampling)[0])
 
         def pump() -> None:
             try:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +54,10 @@ def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def said_in(turns: Sequence[Turn]) -> set[str]:
-    """What a conversation has already said, as `normalized` texts: never quoted again in it."""
-    return {normalized(turn["text"]) for turn in turns}
+def said_in(turns: Sequence[Turn], avoid: Collection[str] = ()) -> set[str]:
+    """What a conversation has already said, and the replies to `avoid` (a regenerated reply), as
+    `normalized` texts: never sent in it."""
+    return {normalized(turn["text"]) for turn in turns} | {normalized(text) for text in avoid}
 
 
 def person_names(records: Sequence[dict]) -> frozenset[str]:
@@ -169,15 +170,15 @@ class LineIndex:
         self.mentions = [frozenset(person_words(line.text)) & names for line in self.lines]
         self.spoken_of = [third_person(line.text, mentions) for line, mentions in zip(self.lines, self.mentions)]
 
-    def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
+    def top(self, vectors: Vectors, k: int, conversations: Sequence[Sequence[Turn]], avoid: Collection[str] = ()) -> list[list[Line]]:
         """For each conversation (`vectors` are its selector vectors), its k best quotable lines:
-        none already said in it, none naming someone who is not in it, none speaking of the person
-        it answers in the third person."""
-        return self.best(self.selector.score(vectors, self.vectors), k, conversations)
+        none already said in it or in `avoid`, none naming someone who is not in it, none speaking
+        of the person it answers in the third person."""
+        return self.best(self.selector.score(vectors, self.vectors), k, conversations, avoid)
 
-    def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]]) -> list[list[Line]]:
+    def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]], avoid: Collection[str] = ()) -> list[list[Line]]:
         """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`."""
-        return [self._best(row, k, said_in(turns), people_in(turns), person(turns[-1]["speaker"]) if turns else "")
+        return [self._best(row, k, said_in(turns, avoid), people_in(turns), person(turns[-1]["speaker"]) if turns else "")
                 for row, turns in zip(scores, conversations)]
 
     def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str) -> list[Line]:

@@ -20,7 +20,7 @@ each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episod
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,11 +84,12 @@ class ReplyPolicy:
             return 1
         return max(sampling.best_of, BLEND_GENERATIONS) if sampling.temperature > 0 else 1
 
-    def lines(self, conversations: Sequence[Sequence[Turn]], engine=None) -> list[Line | None]:
-        """Each conversation's best real line not yet said in it (None if none is left); the encoders
-        run once per batch, and so does the `engine`'s LM when the lines are reranked (it must be
-        given then); a configured picker is asked for the conversations of the batch at once."""
-        lines = self.index.top(self.selector.conversations(conversations), self.top_k, conversations)
+    def lines(self, conversations: Sequence[Sequence[Turn]], engine=None, avoid: Collection[str] = ()) -> list[Line | None]:
+        """Each conversation's best real line not yet said in it nor in `avoid` (None if none is
+        left); the encoders run once per batch, and so does the `engine`'s LM when the lines are
+        reranked (it must be given then); a configured picker is asked for the conversations of the
+        batch at once."""
+        lines = self.index.top(self.selector.conversations(conversations), self.top_k, conversations, avoid)
         if self.rerank is not None:
             self.rerank.bind(engine)
             lines = self.rerank.rerank(conversations, lines)
@@ -102,15 +103,16 @@ class ReplyPolicy:
         return line is not None and (self.mode == "quote" or line.score >= self.threshold)
 
     def choose(self, conversations: Sequence[Sequence[Turn]], generated: Sequence[Sequence[str]], engine=None,
-               lines: Sequence[Line | None] | None = None) -> list[Choice]:
+               lines: Sequence[Line | None] | None = None, avoid: Collection[str] = ()) -> list[Choice]:
         """The reply for each conversation (its turns including the new message) among its
-        `generated` candidates and its best real line (`lines`, looked up here when not given)."""
-        said = [said_in(turns) for turns in conversations]
+        `generated` candidates and its best real line (`lines`, looked up here when not given);
+        nothing already said in it, nor in `avoid`."""
+        said = [said_in(turns, avoid) for turns in conversations]
         fresh = [[text for text in group if text.strip() and normalized(text) not in seen]
                  for group, seen in zip(generated, said)]
         if self.mode == "generate":
             return [Choice(group[0] if group else (raw[0] if raw else "")) for group, raw in zip(fresh, generated)]
-        lines = self.lines(conversations, engine) if lines is None else lines
+        lines = self.lines(conversations, engine, avoid) if lines is None else lines
         best = self.best_generated(conversations, fresh)
         choices = []
         for line, generation, raw in zip(lines, best, generated):
@@ -137,22 +139,24 @@ class ReplyPolicy:
         return best
 
 
-def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling) -> list[tuple]:
+def respond(engine, policy: ReplyPolicy, conversations: Sequence[Sequence[Turn]], sampling,
+            avoid: Collection[str] = ()) -> list[tuple]:
     """(Reply, source) for each conversation. Under `generate` the engine alone answers (its own
     best_of included). Otherwise the real lines are looked up first, and the engine generates
     candidates (one batch) only for the conversations that no line answers, and `choose` applies
-    its usual rule: a quoted reply waits for no generation it would discard."""
+    its usual rule: a quoted reply waits for no generation it would discard. Nothing in `avoid` is
+    sent under quote and blend (a regenerate's replaced reply: "another one" must be another)."""
     from serve.engine import Reply
 
     if policy.mode == "generate":
         return [(reply, dict(GENERATED)) for reply in engine.generate(conversations, sampling)]
-    lines = policy.lines(conversations, engine)
+    lines = policy.lines(conversations, engine, avoid)
     unanswered = [i for i, line in enumerate(lines) if not policy.sendable(line)]
     n = policy.generations(sampling)
     flat = engine.generate([conversations[i] for i in unanswered for _ in range(n)], replace(sampling, best_of=1)) if unanswered else []
     groups = {i: flat[k * n : (k + 1) * n] for k, i in enumerate(unanswered)}
     choices = policy.choose(conversations, [[reply.text for reply in groups.get(i, [])] for i in range(len(conversations))],
-                            engine, lines)
+                            engine, lines, avoid)
     answers = []
     for i, (turns, choice) in enumerate(zip(conversations, choices)):
         group = groups.get(i)
