@@ -109,6 +109,18 @@ def test_a_line_naming_someone_is_quoted_only_where_they_are(selector_folder, li
     assert "A dog? I can barely keep a cactus alive." in found[2] and "A dog? I can barely keep a cactus alive." in found[3]
 
 
+def test_another_one_avoids_the_replaced_lines_and_their_near_copies(selector_folder, tmp_path):
+    replies = ["Okay. I wanna quit the gym.", "I wanna quit the gym!", "My membership card is the only part of me that works out."]
+    records = [{"reply": reply, "context": [{"speaker": "Ross", "text": "How is the gym?"}], "season": 4, "episode": 4} for reply in replies]
+    selector = Selector(selector_folder)
+    write_index(records, selector, tmp_path, prompts={})
+    index = LineIndex(tmp_path, selector)
+    gym = [[{"speaker": "Alex", "text": "I finally went back to the gym today."}]]
+    assert {line.text for line in index.top(selector.conversations(gym), k=3, conversations=gym)[0]} == set(replies)
+    rest = index.top(selector.conversations(gym), k=3, conversations=gym, avoid=["okay. i wanna QUIT the gym."])[0]
+    assert [line.text for line in rest] == [replies[2]]  # the line replaced, and the one it holds, are both out
+
+
 def test_third_person_is_a_name_not_spoken_to():
     from serve.character.lines import third_person
 

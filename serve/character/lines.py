@@ -54,6 +54,16 @@ def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def words(text: str) -> str:
+    """The text's words, lower case, without punctuation."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def overlaps(padded: str, others: list[str]) -> bool:
+    """Whether a space-padded `words` text is one of `others` (padded alike), a part of one, or has one as its part."""
+    return any(padded in other or other in padded for other in others)
+
+
 def said_in(turns: Sequence[Turn], avoid: Collection[str] = ()) -> set[str]:
     """What a conversation has already said, and the replies to `avoid` (a regenerated reply), as
     `normalized` texts: never sent in it."""
@@ -177,14 +187,17 @@ class LineIndex:
         return self.best(self.selector.score(vectors, self.vectors), k, conversations, avoid)
 
     def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]], avoid: Collection[str] = ()) -> list[list[Line]]:
-        """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`."""
-        return [self._best(row, k, said_in(turns, avoid), people_in(turns), person(turns[-1]["speaker"]) if turns else "")
+        """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`;
+        none in `avoid`, nor a part of one or one with one of them as its part."""
+        avoided = [f" {words(text)} " for text in avoid]
+        return [self._best(row, k, said_in(turns, avoid), people_in(turns), person(turns[-1]["speaker"]) if turns else "", avoided)
                 for row, turns in zip(scores, conversations)]
 
-    def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str) -> list[Line]:
+    def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str, avoided: list[str]) -> list[Line]:
         best: list[Line] = []
         for i in np.argsort(-scores):
-            if self.quotable[i] and self.keys[i] not in said and self.mentions[i] <= people and answered not in self.spoken_of[i]:
+            if (self.quotable[i] and self.keys[i] not in said and self.mentions[i] <= people and answered not in self.spoken_of[i]
+                    and not (avoided and overlaps(f" {words(self.lines[i].text)} ", avoided))):
                 said.add(self.keys[i])  # the same line from two episodes counts once
                 line = self.lines[i]
                 best.append(Line(line.text, line.season, line.episode, float(scores[i])))
