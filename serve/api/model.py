@@ -4,24 +4,27 @@ import logging
 import os
 import threading
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import serve
 
 from serve.settings import AppArgs
 
+if TYPE_CHECKING:
+    from serve.engine import Sampling
+
+log = logging.getLogger("ray.serve.chandler")  # under Ray Serve's logger: lands in the replica logs
+
 AVOID = "avoid"  # a request's option beside the engine's Sampling: replies not to send (a regenerate's replaced one)
 
 
-def sampling_of(options: dict[str, Any]):
+def sampling_of(options: dict[str, Any]) -> tuple["Sampling", tuple[str, ...]]:
     """A request's options as the engine's `Sampling` and the replies to avoid."""
     from serve.engine import Sampling
 
     options = dict(options)
     avoid = tuple(options.pop(AVOID, ()))
     return Sampling(**options), avoid
-
-log = logging.getLogger("ray.serve.chandler")  # under Ray Serve's logger: lands in the replica logs
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, max_queued_requests=256,
