@@ -189,8 +189,8 @@ class LineIndex:
     def best(self, scores: np.ndarray, k: int, conversations: Sequence[Sequence[Turn]], avoid: Collection[str] = ()) -> list[list[Line]]:
         """For each conversation, its k best quotable lines by its row of (conversations × lines) `scores`;
         none in `avoid`, nor a part of one or one with one of them as its part."""
-        avoided = [f" {words(text)} " for text in avoid]
-        return [self._best(row, k, said_in(turns, avoid), people_in(turns), person(turns[-1]["speaker"]) if turns else "", avoided)
+        avoided = [f" {words(text)} " for text in avoid]  # `overlaps` also catches the avoided texts themselves
+        return [self._best(row, k, said_in(turns), people_in(turns), person(turns[-1]["speaker"]) if turns else "", avoided)
                 for row, turns in zip(scores, conversations)]
 
     def _best(self, scores: np.ndarray, k: int, said: set[str], people: set[str], answered: str, avoided: list[str]) -> list[Line]:
