@@ -66,6 +66,20 @@ def test_blends_threshold_applies_to_the_picked_line(chat_api, selector_folder, 
     assert "Authorization" not in chat_api.requests[0][0]  # no key, no header
 
 
+def test_the_picker_reads_its_own_number_of_lines_beyond_the_policys(chat_api, selector_folder, lines_folder):  # noqa: F811
+    own = top_lines(selector_folder, lines_folder, JOB)
+    assert len(own) == 4  # all the fixtures' lines that may answer JOB
+    quoting = policy("quote", selector_folder, lines_folder, threshold=-5.0)
+    quoting.top_k = 2
+    assert quoting.choose([JOB], [[]])[0].text == own[0].text  # no picker: the best of its own 2
+    quoting.picker = LlmPicker(chat_api.url, "judge-7b", lines=4)
+    chat_api.answers.append((200, "4", 0.0))
+    chosen, = quoting.choose([JOB], [[]])
+    options = chat_api.requests[0][1]["messages"][1]["content"].split("Options:\n")[1].splitlines()
+    assert len(options) == 4 and chosen.text == options[3].removeprefix("4. ")
+    assert chosen.text in {line.text for line in own[2:]}  # a line the policy's own top 2 does not hold
+
+
 @pytest.mark.parametrize("answer", [(500, "overloaded", 0.0), (200, "I would go with the one about data.", 0.0),
                                     (200, "9", 0.0), (200, "2", 1.5)], ids=["error", "no number", "no such option", "too slow"])
 def test_a_picker_without_a_usable_answer_leaves_the_policys_own_line(answer, chat_api, selector_folder, lines_folder, caplog):  # noqa: F811
@@ -86,14 +100,16 @@ def test_picker_settings_need_a_model_and_keep_the_key_secret(monkeypatch):
     with pytest.raises(SettingsError, match=r"^picker_url \(CHANDLER_PICKER_URL\) needs picker_model") as refused:
         load({})
     assert KEY not in str(refused.value)
-    settings = load({"picker_model": "llama3.1:8b", "picker_timeout_s": 2})
+    settings = load({"picker_model": "llama3.1:8b", "picker_timeout_s": 2, "picker_lines": 10})
     assert KEY not in repr(settings) and KEY not in repr(settings.args())
     picker = configured_picker(settings)
-    assert picker.model == "llama3.1:8b" and picker.client.timeout.read == 2
+    assert picker.model == "llama3.1:8b" and picker.client.timeout.read == 2 and picker.lines == 10
     monkeypatch.delenv("CHANDLER_PICKER_URL")
     assert configured_picker(load({})) is None
     with pytest.raises(SettingsError, match="^picker_url: .*pattern"):
         load({"picker_url": "ollama:11434", "picker_model": "m"})
+    with pytest.raises(SettingsError, match="^picker_lines: .*less than or equal to 20"):
+        load({"picker_lines": 50})
 
 
 def test_the_terminal_chat_sends_the_line_the_picker_names(chat_api):

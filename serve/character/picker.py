@@ -32,11 +32,12 @@ ANSWER = re.compile(r"\d+")
 
 
 class LlmPicker:
-    """Asks `model` at `url` (the API's base, e.g. `http://localhost:11434/v1`) which line to send."""
+    """Asks `model` at `url` (the API's base, e.g. `http://localhost:11434/v1`) which of a
+    conversation's top `lines` lines to send."""
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 5.0, lines: int = 5) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.model = model
+        self.model, self.lines = model, lines
         self.client = httpx.Client(base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout_s)
 
     @staticmethod
@@ -79,4 +80,5 @@ def configured_picker(settings) -> LlmPicker | None:
     """The picker that `serve.settings.Settings` names (CHANDLER_PICKER_URL, ...), or None."""
     if not settings.picker_url:
         return None
-    return LlmPicker(settings.picker_url, settings.picker_model, settings.picker_api_key, settings.picker_timeout_s)
+    return LlmPicker(settings.picker_url, settings.picker_model, settings.picker_api_key, settings.picker_timeout_s,
+                     settings.picker_lines)

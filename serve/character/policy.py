@@ -13,7 +13,7 @@ reranked with the engine's LM (`serve/character/rerank.py`), and the threshold i
 that reranked score; where the selector also has a readers' preference (`preference.py`), the
 best line is the one it ranks first. With `rerank` off, the selector's own score and threshold
 decide (faster). Where an LLM picker is configured (`picker.py`), it picks among the ordered lines
-instead, and the threshold applies to its line.
+instead (its own number of them, which are all reranked), and the threshold applies to its line.
 
 A line already said in the channel's recent context (by anyone) is never sent again. The source of
 each reply is `{"kind": "generated"}` or `{"kind": "quote", "season": S, "episode": E}`.
@@ -89,7 +89,8 @@ class ReplyPolicy:
         left); the encoders run once per batch, and so does the `engine`'s LM when the lines are
         reranked (it must be given then); a configured picker is asked for the conversations of the
         batch at once."""
-        lines = self.index.top(self.selector.conversations(conversations), self.top_k, conversations, avoid)
+        depth = self.top_k if self.picker is None else max(self.top_k, self.picker.lines)
+        lines = self.index.top(self.selector.conversations(conversations), depth, conversations, avoid)
         if self.rerank is not None:
             self.rerank.bind(engine)
             lines = self.rerank.rerank(conversations, lines)
