@@ -10,12 +10,17 @@ Each draw has its folder, `draw<N>/`, with its own everyday messages (`everyday.
     python eval/blind-picker/make.py joint 2     # both rounds' pairs in one file for one panel → draw2/pairs.jsonl, key.json
     python -m train blind score --out eval/blind-picker/draw2
 
+`requests` and `replay` take the number of lines the picker reads (`--lines N`, default 5:
+`reader/`, `picker/`; N others: `reader-top<N>/`, `picker-top<N>/`), and `joint` puts every picker
+round of the draw in the panel's file beside the shipped one.
+
 Both rounds share the cached generations and the rivals; only blend's line can differ. The policy,
 the picker and its HTTP calls are the serving code's own (`train.blind.make_pairs` with an
 `LlmPicker`); only the model behind the API is the reader, replayed by `train.chat_api.ChatApi`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -32,24 +37,31 @@ HERE = Path(__file__).resolve().parent
 MODEL = "reader"  # the name the picker sends; the reader stands behind it
 
 
-def blend_with_picker(draw: int, out: Path, answer) -> ChatApi:
-    """`make_pairs` as `make` ran it for the draw's `shipped/`, with a picker whose API gives `answer(body)`."""
+def folders(draw: int, lines: int) -> tuple[Path, Path]:
+    """The reader's folder and the picker round's, for a picker that reads `lines` lines."""
+    suffix = "" if lines == 5 else f"-top{lines}"
+    return HERE / f"draw{draw}" / f"reader{suffix}", HERE / f"draw{draw}" / f"picker{suffix}"
+
+
+def blend_with_picker(draw: int, lines: int, out: Path, answer) -> ChatApi:
+    """`make_pairs` as `make` ran it for the draw's `shipped/`, with a picker of `lines` lines whose
+    API gives `answer(body)`."""
     api = ChatApi(answer)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / f"draw{draw}" / "shipped" / "generations.json", out / "generations.json")
     everyday = (HERE / f"draw{draw}" / "everyday.txt").read_text(encoding="utf-8").splitlines()
     try:
         print(make_pairs(Path("build/chandler"), Path("models/chandler-selector"), Path("build/lines-without-test"), out,
-                         draw=draw, everyday=everyday, picker=LlmPicker(api.url, MODEL, timeout_s=60)))
+                         draw=draw, everyday=everyday, picker=LlmPicker(api.url, MODEL, timeout_s=60, lines=lines)))
     finally:
         api.close()
     return api
 
 
-def requests(draw: int) -> None:
-    reader = HERE / f"draw{draw}" / "reader"
+def requests(draw: int, lines: int) -> None:
+    reader, _ = folders(draw, lines)
     with tempfile.TemporaryDirectory() as scratch:
-        api = blend_with_picker(draw, Path(scratch), lambda body: (200, "1", 0.0))  # "1": the order as it was
+        api = blend_with_picker(draw, lines, Path(scratch), lambda body: (200, "1", 0.0))  # "1": the order as it was
     asked = sorted({body["messages"][1]["content"]: body["messages"][0]["content"] for _, body in api.requests}.items())
     reader.mkdir(exist_ok=True)
     with open(reader / "items.jsonl", "w", encoding="utf-8") as file:
@@ -58,15 +70,15 @@ def requests(draw: int) -> None:
     print({"items": len(asked), "out": str(reader / "items.jsonl")})
 
 
-def replay(draw: int) -> None:
-    reader, picker = HERE / f"draw{draw}" / "reader", HERE / f"draw{draw}" / "picker"
+def replay(draw: int, lines: int) -> None:
+    reader, picker = folders(draw, lines)
     items = {row["id"]: row for row in map(json.loads, (reader / "items.jsonl").read_text(encoding="utf-8").splitlines())}
     answers = {row["id"]: str(row["answer"]) for row in map(json.loads, (reader / "answers.jsonl").read_text(encoding="utf-8").splitlines())}
     missing = sorted(set(items) - set(answers))
     if missing:
         sys.exit(f"error: {reader / 'answers.jsonl'}: no answer for {len(missing)} items ({', '.join(missing[:3])}...)")
     by_user = {items[i]["user"]: answer for i, answer in answers.items()}
-    api = blend_with_picker(draw, picker, lambda body: (200, by_user.get(body["messages"][1]["content"], ""), 0.0))
+    api = blend_with_picker(draw, lines, picker, lambda body: (200, by_user.get(body["messages"][1]["content"], ""), 0.0))
     unasked = sum(body["messages"][1]["content"] not in by_user for _, body in api.requests)
     if unasked:
         sys.exit(f"error: {unasked} of the picker's requests are not among the reader's items: run `requests` again")
@@ -75,11 +87,17 @@ def replay(draw: int) -> None:
 
 def joint(draw: int) -> None:
     folder = HERE / f"draw{draw}"
-    write_pairs(folder, joint_pairs({"shipped": folder / "shipped", "picker": folder / "picker"}), random.Random(draw), "k")
+    rounds = {"shipped": folder / "shipped"} | {picker.name: picker for picker in sorted(folder.glob("picker*"))}
+    write_pairs(folder, joint_pairs(rounds), random.Random(draw), "k")
 
 
 if __name__ == "__main__":
-    steps = {"requests": requests, "replay": replay, "joint": joint}
-    if len(sys.argv) != 3 or sys.argv[1] not in steps or not sys.argv[2].isdigit():
-        sys.exit(f"usage: make.py {' | '.join(steps)} DRAW")
-    steps[sys.argv[1]](int(sys.argv[2]))
+    parser = argparse.ArgumentParser(description="The LLM picker's blind rounds (see the module's docstring).")
+    parser.add_argument("step", choices=["requests", "replay", "joint"])
+    parser.add_argument("draw", type=int)
+    parser.add_argument("--lines", type=int, default=5, help="lines the picker reads (requests, replay)")
+    args = parser.parse_args()
+    if args.step == "joint":
+        joint(args.draw)
+    else:
+        {"requests": requests, "replay": replay}[args.step](args.draw, args.lines)
