@@ -19,7 +19,7 @@ URL with its password, the feedback salt) come only from the environment and are
 | CHANDLER_PICKER_URL           | (unset)    | an OpenAI-compatible API (e.g. http://localhost:11434/v1) whose model picks among his top lines (serve/character/picker.py) |
 | CHANDLER_PICKER_MODEL         | (unset)    | the model that picks there; needed with the URL          |
 | CHANDLER_PICKER_TIMEOUT       | 5          | seconds to wait for its pick; after that the policy's own line is sent |
-| CHANDLER_PICKER_LINES         | 5          | his top lines it picks among (2-20; each one more is reranked by the LM too) |
+| CHANDLER_PICKER_LINES         | 20         | his top lines it picks among (2-20; the LM reranks each of them: 20 cost ~1 s more a reply on 2 CPU cores than 5) |
 | CHANDLER_PICKER_API_KEY       | (unset)    | secret: sent to the picker's API as `Authorization: Bearer <key>` |
 | CHANDLER_CONTEXT_TURNS        | 20         | turns kept per channel                                  |
 | CHANDLER_CONTEXT_TTL          | 86400      | seconds a channel's context (and a reply kept for its Idempotency-Key) lives after its last turn |
@@ -63,7 +63,7 @@ class AppArgs(BaseModel):
     picker_url: str | None = Field(None, pattern=r"^https?://\S+$")  # serve/character/picker.py
     picker_model: str | None = None
     picker_timeout_s: PositiveFloat = Field(5.0, validation_alias="CHANDLER_PICKER_TIMEOUT")
-    picker_lines: int = Field(5, ge=2, le=20)
+    picker_lines: int = Field(20, ge=2, le=20)
     context_turns: PositiveInt = 20
     context_ttl_s: PositiveInt = Field(86400, validation_alias="CHANDLER_CONTEXT_TTL")
     max_message_chars: PositiveInt = 2000

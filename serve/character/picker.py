@@ -1,13 +1,13 @@
 """An LLM that picks his line among the top lines: optional, any OpenAI-compatible chat endpoint.
 
-A reader's pick among blend's top 5 lines wins far more blind judgments than the readers'
+A reader's pick among blend's top lines wins far more blind judgments than the readers'
 preference that runs on 2 CPU cores (README, "What a perfect picker would reach" and "An LLM
 picker"): the lines are there, the pick falls short, and no small model here reads them like the
-readers. An operator with
-a larger model (Ollama or vLLM beside the cluster, or a hosted API) can have it pick instead. It is
-asked the readers' own question about the conversation and the numbered lines, and answers with a
-number: the reply is still his real line, never the model's text. Only the turns the selector reads
-are sent. Any failure (timeout, HTTP error, an answer that is no option's number) leaves the order
+readers. An operator with a larger model (Ollama or vLLM beside the cluster, or a hosted API) can
+have it pick instead, among the top 20 lines by default: read by a reader, 20 lines won more
+judgments than the 5 the policy itself looks at. It is asked the readers' own question about the
+conversation and the numbered lines, and answers with a number: the reply is still his real line,
+never the model's text. Only the turns the selector reads are sent. Any failure (timeout, HTTP error, an answer that is no option's number) leaves the order
 as it was, with a warning in the log that names neither the key nor the conversation.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class LlmPicker:
     """Asks `model` at `url` (the API's base, e.g. `http://localhost:11434/v1`) which of a
     conversation's top `lines` lines to send."""
 
-    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 5.0, lines: int = 5) -> None:
+    def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 5.0, lines: int = 20) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model, self.lines = model, lines
         self.client = httpx.Client(base_url=url.rstrip("/") + "/", headers=headers, timeout=timeout_s)
