@@ -207,7 +207,7 @@ def make_pairs(data: Path, selector: Path, lines: Path, out: Path, n: int = BLEN
     quotes = sum(e["blend_source"]["kind"] == "quote" for e in examples)
     summary = {"pairs": len(pairs), "conversations": len(conversations), "blend_quotes": quotes,
                "blend_generated": len(examples) - quotes, "policy_choose_ms_per_conversation_batched": round(choose_ms, 1),
-               "generations_per_conversation": n, **({"picker": picker.model} if picker else {})}
+               "generations_per_conversation": n, **({"picker": picker.model, "picker_lines": picker.lines} if picker else {})}
     (out / "made.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
