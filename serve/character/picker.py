@@ -7,8 +7,9 @@ readers. An operator with a larger model (Ollama or vLLM beside the cluster, or 
 have it pick instead, among the top 20 lines by default: read by a reader, 20 lines won more
 judgments than the 5 the policy itself looks at. It is asked the readers' own question about the
 conversation and the numbered lines, and answers with a number: the reply is still his real line,
-never the model's text. Only the turns the selector reads are sent. Any failure (timeout, HTTP error, an answer that is no option's number) leaves the order
-as it was, with a warning in the log that names neither the key nor the conversation.
+never the model's text. Only the turns the selector reads are sent. Any failure (timeout, HTTP
+error, an answer that is no option's number) leaves the order as it was, with a warning in the log
+that names neither the key nor the conversation.
 """
 from __future__ import annotations
 
