@@ -4,6 +4,7 @@ chat API, and the line its model names is sent. The API stands in for a hosted o
 records each request and gives the answers a test queues."""
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 
@@ -121,3 +122,29 @@ def test_the_terminal_chat_sends_the_line_the_picker_names(chat_api):
     options = body["messages"][1]["content"].split("Options:\n")[1].splitlines()
     assert result.stdout.split("  [S")[0].strip() == options[1].removeprefix("2. ")
     assert_one_line_error(chat("--message", "hi", CHANDLER_PICKER_URL=chat_api.url, CHANDLER_PICKER_MODEL=""), "CHANDLER_PICKER_MODEL")
+
+
+def test_a_blind_round_with_a_picker_sends_the_line_its_model_names(selector_folder, lines_folder, tmp_path):  # noqa: F811
+    from train.blind import BLEND_GENERATIONS, EVERYDAY, HELD_OUT, make_pairs
+
+    data, out = tmp_path / "data", tmp_path / "round"
+    data.mkdir()
+    out.mkdir()
+    test = [{"context": [{"speaker": "Monica", "text": f"Day {n}: so what is your job exactly?"}], "reply": "Sure.",
+             "season": 9, "episode": 9} for n in range(HELD_OUT)]
+    (data / "test.jsonl").write_text("".join(json.dumps(record) + "\n" for record in test))
+    cached = {"n": BLEND_GENERATIONS, "replies": [["Accounting, sort of."] * BLEND_GENERATIONS] * (HELD_OUT + len(EVERYDAY))}
+    (out / "generations.json").write_text(json.dumps(cached))  # the engine's candidates, as a round caches them
+    policy("blend", selector_folder, lines_folder, threshold=-5.0)  # every line clears the threshold
+    api = ChatApi(lambda body: (200, "2", 0.0))
+    try:
+        made = make_pairs(data, selector_folder, lines_folder, out, picker=LlmPicker(api.url, "judge-7b", lines=8))
+    finally:
+        api.close()
+    assert made["picker"] == "judge-7b" and made["picker_lines"] == 8 and made["blend_quotes"] == HELD_OUT + len(EVERYDAY)
+    asked = {}
+    for _, body in api.requests:
+        conversation, options = body["messages"][1]["content"].removeprefix("Conversation:\n").split("\n\nOptions:\n")
+        asked[conversation] = options.splitlines()[1].removeprefix("2. ")
+    examples = json.loads((out / "examples.json").read_text())
+    assert len(asked) == len(examples) and all(example["blend"] == asked["\n".join(example["context"])] for example in examples)
