@@ -14,6 +14,13 @@ Each draw has its folder, `draw<N>/`, with its own everyday messages (`everyday.
 `reader/`, `picker/`; N others: `reader-top<N>/`, `picker-top<N>/`), and `joint` puts every picker
 round of the draw in the panel's file beside the shipped one.
 
+A real model can answer the same items instead of a reader: `ask` sends each item's messages to an
+OpenAI-compatible API (the picker's own call) and writes its raw answers to `<name>[-top<N>]/`, and
+`replay --answers <name>` makes the round from them (`picker-<name>[-top<N>]/`):
+
+    python eval/blind-picker/make.py ask 6 --lines 20 --url http://localhost:8080/v1 --model qwen2.5-coder-1.5b --answers qwen
+    python eval/blind-picker/make.py replay 6 --lines 20 --answers qwen
+
 Both rounds share the cached generations and the rivals; only blend's line can differ. The policy,
 the picker and its HTTP calls are the serving code's own (`train.blind.make_pairs` with an
 `LlmPicker`); only the model behind the API is the reader, replayed by `train.chat_api.ChatApi`.
@@ -26,6 +33,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from serve.character.picker import LlmPicker
@@ -34,13 +42,19 @@ from train.chat_api import ChatApi
 from train.panels import joint_pairs
 
 HERE = Path(__file__).resolve().parent
-MODEL = "reader"  # the name the picker sends; the reader stands behind it
+MODEL = READER = "reader"  # the name the picker sends; the reader (or a model's recorded answers) stands behind it
 
 
-def folders(draw: int, lines: int) -> tuple[Path, Path]:
-    """The reader's folder and the picker round's, for a picker that reads `lines` lines."""
+def folders(draw: int, lines: int, answerer: str = READER) -> tuple[Path, Path]:
+    """The answerer's folder (a reader's, or a model's that `ask` fills) and the picker round's,
+    for a picker that reads `lines` lines."""
     suffix = "" if lines == 5 else f"-top{lines}"
-    return HERE / f"draw{draw}" / f"reader{suffix}", HERE / f"draw{draw}" / f"picker{suffix}"
+    picker = "picker" if answerer == READER else f"picker-{answerer}"
+    return HERE / f"draw{draw}" / f"{answerer}{suffix}", HERE / f"draw{draw}" / f"{picker}{suffix}"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def blend_with_picker(draw: int, lines: int, out: Path, answer) -> ChatApi:
@@ -70,13 +84,30 @@ def requests(draw: int, lines: int) -> None:
     print({"items": len(asked), "out": str(reader / "items.jsonl")})
 
 
-def replay(draw: int, lines: int) -> None:
-    reader, picker = folders(draw, lines)
-    items = {row["id"]: row for row in map(json.loads, (reader / "items.jsonl").read_text(encoding="utf-8").splitlines())}
-    answers = {row["id"]: str(row["answer"]) for row in map(json.loads, (reader / "answers.jsonl").read_text(encoding="utf-8").splitlines())}
+def ask(draw: int, lines: int, answerer: str, url: str, model: str) -> None:
+    """The model at `url` answers the reader's items, as the picker asks it, one at a time."""
+    reader, _ = folders(draw, lines)
+    out, _ = folders(draw, lines, answerer)
+    out.mkdir(exist_ok=True)
+    asker = LlmPicker(url, model, timeout_s=600, lines=lines)
+    with open(out / "answers.jsonl", "w", encoding="utf-8") as file:
+        for item in read_jsonl(reader / "items.jsonl"):
+            started = time.perf_counter()
+            answer = asker.answer([{"role": "system", "content": item["system"]}, {"role": "user", "content": item["user"]}])
+            row = {"id": item["id"], "answer": answer, "seconds": round(time.perf_counter() - started, 2)}
+            file.write(json.dumps(row, ensure_ascii=False) + "\n")
+            file.flush()
+            print(row, flush=True)
+
+
+def replay(draw: int, lines: int, answerer: str) -> None:
+    reader, _ = folders(draw, lines)
+    answered, picker = folders(draw, lines, answerer)
+    items = {row["id"]: row for row in read_jsonl(reader / "items.jsonl")}
+    answers = {row["id"]: str(row["answer"]) for row in read_jsonl(answered / "answers.jsonl")}
     missing = sorted(set(items) - set(answers))
     if missing:
-        sys.exit(f"error: {reader / 'answers.jsonl'}: no answer for {len(missing)} items ({', '.join(missing[:3])}...)")
+        sys.exit(f"error: {answered / 'answers.jsonl'}: no answer for {len(missing)} items ({', '.join(missing[:3])}...)")
     by_user = {items[i]["user"]: answer for i, answer in answers.items()}
     api = blend_with_picker(draw, lines, picker, lambda body: (200, by_user.get(body["messages"][1]["content"], ""), 0.0))
     unasked = sum(body["messages"][1]["content"] not in by_user for _, body in api.requests)
@@ -93,11 +124,20 @@ def joint(draw: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="The LLM picker's blind rounds (see the module's docstring).")
-    parser.add_argument("step", choices=["requests", "replay", "joint"])
+    parser.add_argument("step", choices=["requests", "ask", "replay", "joint"])
     parser.add_argument("draw", type=int)
-    parser.add_argument("--lines", type=int, default=5, help="lines the picker reads (requests, replay)")
+    parser.add_argument("--lines", type=int, default=5, help="lines the picker reads (requests, ask, replay)")
+    parser.add_argument("--answers", default=READER, help="whose answers: a reader's, or the name `ask` gave a model's")
+    parser.add_argument("--url", help="ask: the model's OpenAI-compatible API")
+    parser.add_argument("--model", help="ask: the model's name at that API")
     args = parser.parse_args()
+    if args.step == "ask" and not (args.url and args.model and args.answers != READER):
+        parser.error("ask needs --url, --model and --answers NAME (not 'reader')")
     if args.step == "joint":
         joint(args.draw)
+    elif args.step == "requests":
+        requests(args.draw, args.lines)
+    elif args.step == "ask":
+        ask(args.draw, args.lines, args.answers, args.url, args.model)
     else:
-        {"requests": requests, "replay": replay}[args.step](args.draw, args.lines)
+        replay(args.draw, args.lines, args.answers)

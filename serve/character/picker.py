@@ -9,7 +9,9 @@ judgments than the 5 the policy itself looks at. It is asked the readers' own qu
 conversation and the numbered lines, and answers with a number: the reply is still his real line,
 never the model's text. Only the turns the selector reads are sent. Any failure (timeout, HTTP
 error, an answer that is no option's number) leaves the order as it was, with a warning in the log
-that names neither the key nor the conversation.
+that names neither the key nor the conversation. A model too small for the task answers by
+position and makes the pick worse: `python -m train preferences picker` checks one against the
+readers' picks before it serves.
 """
 from __future__ import annotations
 
@@ -48,13 +50,17 @@ class LlmPicker:
         return [{"role": "system", "content": INSTRUCTION},
                 {"role": "user", "content": f"Conversation:\n{conversation}\n\nOptions:\n{numbered}"}]
 
+    def answer(self, messages: list[dict[str, str]]) -> str:
+        """The model's raw answer to `messages`; raises on HTTP errors and malformed responses."""
+        body = {"model": self.model, "messages": messages, "max_tokens": 4, "temperature": 0}
+        response = self.client.post("chat/completions", json=body)
+        response.raise_for_status()
+        return response.json()["choices"][0]["message"]["content"] or ""
+
     def pick(self, turns: Sequence[Turn], options: Sequence[str]) -> int | None:
         """The index of the option the model picks, or None where it gives no usable answer."""
-        body = {"model": self.model, "messages": self.messages(turns, options), "max_tokens": 4, "temperature": 0}
         try:
-            response = self.client.post("chat/completions", json=body)
-            response.raise_for_status()
-            answer = response.json()["choices"][0]["message"]["content"] or ""
+            answer = self.answer(self.messages(turns, options))
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
             log.warning("the line picker gave no answer (%s); the policy's own line stands", type(error).__name__)
             return None
