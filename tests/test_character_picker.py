@@ -9,7 +9,7 @@ import logging
 from collections import deque
 
 import pytest
-from test_character_policy import JOB, lines_folder, policy, selector_folder  # noqa: F401 (fixtures)
+from test_character_policy import JOB, lines_folder, policy, selector_folder, write_round  # noqa: F401 (fixtures)
 from test_chat_cli import assert_one_line_error, chat
 
 from serve.character.picker import LlmPicker, configured_picker
@@ -148,3 +148,31 @@ def test_a_blind_round_with_a_picker_sends_the_line_its_model_names(selector_fol
         asked[conversation] = options.splitlines()[1].removeprefix("2. ")
     examples = json.loads((out / "examples.json").read_text())
     assert len(asked) == len(examples) and all(example["blend"] == asked["\n".join(example["context"])] for example in examples)
+
+
+def test_a_picker_model_is_checked_against_the_readers_picks(chat_api, tmp_path):
+    from train.preferences import picker_agreement
+
+    write_round(tmp_path / "round", [2, 2, 1, 3], second=[2, 1])
+    chat_api.answers.extend([(200, "2", 0.0), (200, "Option 2.", 0.0), (200, "the first one", 0.0), (500, "overloaded", 0.0)])
+    report = picker_agreement([tmp_path / "round"], LlmPicker(chat_api.url, "judge-7b"))
+    assert report["readers_line"] == 0.5 and report["no_answer"] == 2 and report["positions"] == {2: 2}
+    assert report["chance"] == pytest.approx(1 / 3, abs=1e-3) and report["second_reader_agreement"] == [0.5]
+    key = json.loads((tmp_path / "round" / "key.json").read_text())
+    for (_, body), item in zip(chat_api.requests, key.values()):  # the options in the order the readers saw them
+        options = body["messages"][1]["content"].split("Options:\n")[1].splitlines()
+        assert options == [f"{n}. {text}" for n, text in enumerate(item["options"], 1)]
+
+
+def test_the_picker_check_asks_the_configured_model_or_says_what_is_missing(chat_api, tmp_path, monkeypatch, capsys):
+    from train.__main__ import main
+
+    write_round(tmp_path / "round", [1, 1, 3])
+    monkeypatch.delenv("CHANDLER_PICKER_URL", raising=False)
+    assert main(["preferences", "picker", "--rounds", str(tmp_path / "round")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "CHANDLER_PICKER_URL" in error and len(error.splitlines()) == 1
+    monkeypatch.setenv("CHANDLER_PICKER_URL", chat_api.url)
+    monkeypatch.setenv("CHANDLER_PICKER_MODEL", "judge-7b")
+    assert main(["preferences", "picker", "--rounds", str(tmp_path / "round")]) == 0  # the stand-in always answers "1"
+    assert "'readers_line': 0.667" in capsys.readouterr().out and len(chat_api.requests) == 3

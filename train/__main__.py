@@ -123,14 +123,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="items: the folder to write; pairs: the folders with readers' labels.jsonl")
     ceiling.add_argument("--blind", type=Path, default=Path("eval/blind"), help="pairs: the blind round whose rivals to use")
     ceiling.add_argument("--out", type=Path, default=Path("eval/ceiling"), help="pairs: where pairs.jsonl and key.json go")
-    preferences = commands.add_parser("preferences", help="readers' picks among the policy's top lines: `make` items, `fit` the order")
-    preferences.add_argument("step", choices=["make", "fit"])
+    preferences = commands.add_parser("preferences", help="readers' picks among the policy's top lines: `make` items, `fit` the order, "
+                                      "check a `picker` model against them")
+    preferences.add_argument("step", choices=["make", "fit", "picker"])
     add_line_sources(preferences, "build/lines-train",
                      "make: an index without the validation episodes (`python -m train lines --splits train`)")
     preferences.add_argument("--conversations", type=int, default=300, help="make: validation conversations to label")
     preferences.add_argument("--out", type=Path, default=Path("eval/preferences/round3"), help="make: the round's folder")
     preferences.add_argument("--rounds", type=Path, nargs="+", default=sorted(Path("eval/preferences").glob("round*")),
-                             help="fit: labelled rounds (folders with key.json and labels.jsonl)")
+                             help="fit, picker: labelled rounds (folders with key.json and labels.jsonl)")
     export = commands.add_parser("export", help="the merged model (base + adapter) as a GGUF file for llama.cpp / Ollama")
     export.add_argument("--gguf", type=Path, required=True, help="the .gguf file to write")
     export.add_argument("--adapter", default="default", help="LoRA adapter folder, 'default' (the shipped one) or 'none'")
@@ -235,12 +236,20 @@ def run_ceiling(args: argparse.Namespace) -> None:
 
 
 def run_preferences(args: argparse.Namespace) -> None:
-    from train.preferences import fit_preference, make_items
+    from train.preferences import fit_preference, make_items, picker_agreement
 
     if args.step == "make":
         print(make_items(args.data, args.selector, args.lines, args.out, args.conversations))
-    else:
+    elif args.step == "fit":
         print(fit_preference(args.rounds, args.selector))
+    else:
+        from serve.character.picker import configured_picker
+        from serve.settings import load
+
+        picker = configured_picker(load())
+        if picker is None:
+            raise SettingsError("preferences picker: no picker to check; set CHANDLER_PICKER_URL and CHANDLER_PICKER_MODEL")
+        print(picker_agreement(args.rounds, picker))
 
 
 def run_export(args: argparse.Namespace) -> None:

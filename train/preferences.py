@@ -12,11 +12,16 @@ the serving engine's PMI, `serve.character.preference.features`) and fits a cond
 picks. It reports 5-fold accuracy beside the order the policy had (selector + LM) and chance, and
 the agreement of two readers where a round has `second-reader.jsonl`; the weights go to the
 selector's folder (`preference.safetensors`), the report to its `selector.json` and `fit.json`.
+
+`picker`: how often an LLM picker (`serve.character.picker`, as CHANDLER_PICKER_URL / _MODEL
+configure it) names the readers' line when asked about the same items, the options in the order
+the readers saw them: a check of a model before it picks his lines in serving.
 """
 from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ from scipy.special import log_softmax, softmax
 
 from data.dialogue import CHARACTER
 from serve.character.lines import scored_prompts
+from serve.character.picker import LlmPicker
 from serve.character.policy import TOP_K, ReplyPolicy
 from serve.character.preference import FEATURES, Preference, features, per_group
 from serve.character.rerank import LmRerank
@@ -102,6 +108,19 @@ def labelled_items(rounds: list[Path]) -> tuple[list[dict], list[float]]:
     if not items:
         raise TrainDataError(f"{', '.join(map(str, rounds))}: no labelled item picks one of the policy's top lines")
     return items, agreement
+
+
+def picker_agreement(rounds: list[Path], picker: LlmPicker) -> dict:
+    """How often `picker` names the readers' line among each labelled item's lines; an item it
+    gives no usable answer for counts as a miss."""
+    items, agreement = labelled_items(rounds)
+    picks = [picker.pick(item["turns"], item["lines"]) for item in items]
+    return {"items": len(items), "model": picker.model,
+            "readers_line": round(float(np.mean([pick == item["pick"] for pick, item in zip(picks, items)])), 3),
+            "chance": round(float(np.mean([1 / len(item["lines"]) for item in items])), 3),
+            "second_reader_agreement": [round(share, 3) for share in agreement],
+            "no_answer": sum(pick is None for pick in picks),
+            "positions": dict(sorted(Counter(pick + 1 for pick in picks if pick is not None).items()))}
 
 
 def item_features(items: list[dict], selector: Selector, lm: LmRerank) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
