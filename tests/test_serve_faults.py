@@ -52,5 +52,13 @@ def test_a_dead_model_replica_gives_503_until_replaced(serve_app, redis_db):
         assert response.status_code == 503 and response.headers["retry-after"], response.text
         assert time.monotonic() - asked < 10
         time.sleep(1)
-    assert httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"]["pid"] != pid
+    # Each of the two ingress replicas notices the new model replica on its own watcher's poll (every
+    # second), so readyz may still answer from one that has not: wait until four reports in a row
+    # name a model, which leaves both ingresses ready for the tests that follow.
+    reports: list = []
+    while len(reports) < 4 or None in reports[-4:]:
+        assert time.monotonic() - started < 660, "readyz never reported the new model replica"
+        reports.append(httpx.get(f"{serve_app}/readyz", headers=AUTH, timeout=30).json()["model"])
+        time.sleep(0.25)
+    assert reports[-1]["pid"] != pid
     assert stored(redis_db, "c-dead")[-1]["text"] == response.json()["reply"]
