@@ -35,6 +35,11 @@ def top_lines(selector_folder, lines_folder, turns):  # noqa: F811
     return quoting.index.top(quoting.selector.conversations([turns]), quoting.top_k, [turns])[0]
 
 
+def shown_options(body: dict) -> list[str]:
+    """The numbered options of a picker request, one "N. text" a line."""
+    return body["messages"][1]["content"].split("Options:\n")[1].splitlines()
+
+
 def test_the_line_the_model_names_is_sent_and_only_the_selectors_turns_leave(chat_api, selector_folder, lines_folder):  # noqa: F811
     turns = [{"speaker": "Monica", "text": f"Old news number {n}."} for n in range(4)] + JOB
     own = top_lines(selector_folder, lines_folder, turns)
@@ -76,7 +81,7 @@ def test_the_picker_reads_its_own_number_of_lines_beyond_the_policys(chat_api, s
     quoting.picker = LlmPicker(chat_api.url, "judge-7b", lines=4)
     chat_api.answers.append((200, "4", 0.0))
     chosen, = quoting.choose([JOB], [[]])
-    options = chat_api.requests[0][1]["messages"][1]["content"].split("Options:\n")[1].splitlines()
+    options = shown_options(chat_api.requests[0][1])
     assert len(options) == 4 and chosen.text == options[3].removeprefix("4. ")
     assert chosen.text in {line.text for line in own[2:]}  # a line the policy's own top 2 does not hold
 
@@ -119,7 +124,7 @@ def test_the_terminal_chat_sends_the_line_the_picker_names(chat_api):
                   CHANDLER_PICKER_URL=chat_api.url, CHANDLER_PICKER_MODEL="judge-7b")
     assert result.returncode == 0, result.stderr
     (_, body), = chat_api.requests
-    options = body["messages"][1]["content"].split("Options:\n")[1].splitlines()
+    options = shown_options(body)
     assert result.stdout.split("  [S")[0].strip() == options[1].removeprefix("2. ")
     assert_one_line_error(chat("--message", "hi", CHANDLER_PICKER_URL=chat_api.url, CHANDLER_PICKER_MODEL=""), "CHANDLER_PICKER_MODEL")
 
@@ -160,8 +165,7 @@ def test_a_picker_model_is_checked_against_the_readers_picks(chat_api, tmp_path)
     assert report["chance"] == pytest.approx(1 / 3, abs=1e-3) and report["second_reader_agreement"] == [0.5]
     key = json.loads((tmp_path / "round" / "key.json").read_text())
     for (_, body), item in zip(chat_api.requests, key.values()):  # the options in the order the readers saw them
-        options = body["messages"][1]["content"].split("Options:\n")[1].splitlines()
-        assert options == [f"{n}. {text}" for n, text in enumerate(item["options"], 1)]
+        assert shown_options(body) == [f"{n}. {text}" for n, text in enumerate(item["options"], 1)]
 
 
 def test_the_picker_check_asks_the_configured_model_or_says_what_is_missing(chat_api, tmp_path, monkeypatch, capsys):
