@@ -110,10 +110,15 @@ class ChandlerBot(discord.Client):
     # --- turns with the backend ------------------------------------------------------------
 
     @staticmethod
-    def turn(channel_id: int | None, user: discord.abc.User, text: str, **extra: Any) -> dict[str, Any]:
-        log.info("chat: user %s in channel %s (%d chars)%s", user.id, channel_id, len(text), " regenerate" if extra else "")
+    def turn(channel_id: int | None, user: discord.abc.User, text: str | None) -> dict[str, Any]:
+        """A chat request: `user` says `text`, or (None) asks for another reply to the channel's last message."""
+        payload: dict[str, Any] = {"channel_id": str(channel_id), "user": {"id": str(user.id), "name": user.display_name}}
+        if text is None:
+            log.info("chat: user %s in channel %s asks for another one", user.id, channel_id)
+            return {**payload, "regenerate": True}
+        log.info("chat: user %s in channel %s (%d chars)", user.id, channel_id, len(text))
         log.debug("chat message: %r", text)
-        return {"channel_id": str(channel_id), "user": {"id": str(user.id), "name": user.display_name}, "message": text, **extra}
+        return {**payload, "message": text}
 
     async def answer(self, payload: dict[str, Any], key: str) -> Reply | str:
         """Chandler's whole reply, or the in-character line to post when there is none."""
@@ -196,24 +201,26 @@ class ChandlerBot(discord.Client):
             async with message.channel.typing():
                 # the Discord message id is the Idempotency-Key: a resent request never stores the turn twice
                 turn = self.turn(message.channel.id, message.author, text)
-                failed = await self.converse(turn, str(message.id), writer, AnotherOne.under(message))
+                failed = await self.converse(turn, str(message.id), writer, AnotherOne.view(message.author.id, message.id))
         if failed:
             await writer.finish(failed)
 
     # --- "another one" ----------------------------------------------------------------------
 
-    async def another_one(self, interaction: discord.Interaction, asker: int, question_id: int) -> None:
+    async def another_one(self, interaction: discord.Interaction, asker: int, question_id: int | None) -> None:
         """A different reply to the same question, in place of the pressed one (the backend replaces
-        the channel's last reply instead of adding a turn)."""
+        the channel's last reply instead of adding a turn). `question_id` is the message it answered
+        (None for a /chandler reply), which must still be there."""
         refusal = await self._another_one_refusal(interaction, asker)
-        question = None if refusal else await self._message(interaction.channel, question_id)
-        if refusal or question is None:
-            await interaction.response.send_message(refusal or GONE, ephemeral=True, allowed_mentions=NO_PINGS)
+        if not refusal and question_id is not None and await self._message(interaction.channel, question_id) is None:
+            refusal = GONE
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
             return
         await interaction.response.defer()
         writer = ReplyWriter(interaction.channel, self.options.edit_interval, first=interaction.message)
-        payload = self.turn(interaction.channel_id, question.author, self.text_of(question), regenerate=True)
-        failed = await self.converse(payload, str(interaction.id), writer, AnotherOne.under(question))
+        payload = self.turn(interaction.channel_id, interaction.user, None)
+        failed = await self.converse(payload, str(interaction.id), writer, AnotherOne.view(asker, question_id))
         if failed:  # the reply on show stays as it was
             await interaction.followup.send(failed, ephemeral=True, allowed_mentions=NO_PINGS)
 

@@ -1,4 +1,4 @@
-"""The slash commands: /chandler (a reply in one piece) and /chandler-forget."""
+"""The slash commands: /chandler (its reply streamed into follow-ups, with the button) and /chandler-forget."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 
+from .buttons import AnotherOne
 from .lines import COOLDOWN, EMPTY, FORGET_DENIED, NOT_ALLOWED
-from .writer import NO_PINGS, shown, split_message
+from .writer import NO_PINGS, Followups, ReplyWriter
 
 if TYPE_CHECKING:
     from .bot import ChandlerBot
@@ -31,11 +32,14 @@ async def chandler_command(interaction: discord.Interaction[ChandlerBot], messag
         await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_PINGS)
         return
     await interaction.response.defer(thinking=True)
-    text = message.strip()
-    bot = interaction.client
-    reply = await bot.answer(bot.turn(interaction.channel_id, interaction.user, text), str(interaction.id)) if text else EMPTY
-    for chunk in split_message(reply if isinstance(reply, str) else shown(reply)):
-        await interaction.followup.send(chunk, allowed_mentions=NO_PINGS)
+    text, bot = message.strip(), interaction.client
+    writer = ReplyWriter(Followups(interaction), bot.options.edit_interval)
+    failed = EMPTY
+    if text:
+        turn = bot.turn(interaction.channel_id, interaction.user, text)
+        failed = await bot.converse(turn, str(interaction.id), writer, AnotherOne.view(interaction.user.id))
+    if failed:
+        await writer.finish(failed)
 
 
 @app_commands.command(name="chandler-forget", description="Make Chandler forget this channel's conversation")

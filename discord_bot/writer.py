@@ -30,6 +30,19 @@ def unshown(content: str) -> str:
     return _QUOTE_TAG.sub("", content)
 
 
+class Followups:
+    """A slash command's follow-ups as the channel a ReplyWriter posts to: the first one replaces the
+    deferred "thinking…" message, and the messages they return are edited with the interaction's token."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+
+    async def send(
+        self, content: str, *, reference: None, allowed_mentions: discord.AllowedMentions, view: discord.ui.View = discord.utils.MISSING
+    ) -> discord.WebhookMessage:  # `reference`: a follow-up answers its command, never a message
+        return await self.interaction.followup.send(content, allowed_mentions=allowed_mentions, view=view, wait=True)
+
+
 def split_message(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
     """Cut text into pieces Discord accepts: at a sentence end late in the window, else at a space."""
     chunks: list[str] = []
@@ -55,7 +68,7 @@ class ReplyWriter:
 
     def __init__(
         self,
-        channel: discord.abc.Messageable,
+        channel: discord.abc.Messageable | Followups,
         interval: float,
         reference: discord.MessageReference | None = None,
         first: discord.Message | None = None,

@@ -355,8 +355,11 @@ class StandInInteraction:
             self.owner, self.name = owner, name
 
         def __getattr__(self, method: str) -> Any:
-            async def record(content: Any = None, **kwargs: Any) -> None:
+            async def record(content: Any = None, **kwargs: Any) -> discord.Message | None:
                 self.owner.calls.append((f"{self.name}.{method}", time.monotonic(), content, kwargs))
+                if kwargs.get("wait"):  # a follow-up Discord returns: a message of the bot's in the channel
+                    return await self.owner.channel.send(content, allowed_mentions=kwargs["allowed_mentions"], view=kwargs["view"])
+                return None
 
             return record
 
@@ -384,11 +387,41 @@ async def test_slash_chandler_defers_then_follows_up_visibly(start, backend):
         "channel_id": str(world.channel.id),
         "user": {"id": str(world.monica.id), "name": world.monica.display_name},
         "message": "who are you?",
+        "stream": True,
     }
     assert backend.received[0].headers["Idempotency-Key"] == str(act.id)
     assert content == "I'm Chandler. I make jokes when I'm uncomfortable."
     assert pings_nobody(send_kwargs["allowed_mentions"].to_dict())
     assert not send_kwargs.get("ephemeral")
+    assert world.custom_id(world.payloads[0]) == f"chandler:again:{world.monica.id}"  # no message to point at
+
+
+async def test_slash_chandler_streams_and_its_reply_takes_another_one_and_ratings(start, backend):
+    world = await start(edit_interval=0.1)
+    backend.queue(streamed("Work was fine. Could the coffee BE any weaker?", pieces=3, every=0.05))
+    act = interaction(world)
+    await world.bot.tree.get_command("chandler").callback(act, message="how was work?")
+    assert act.names() == ["response.defer", "followup.send"]  # posted once, then grown by edits
+    assert world.edits and world.shown() == ["Work was fine. Could the coffee BE any weaker?"]
+    assert world.custom_id(world.edits[-1][2]) == f"chandler:again:{world.monica.id}"
+
+    [reply_id] = world.posted
+    await react(world, world.ross, reply_id, "👍")
+    [feedback] = backend.requests("/v1/feedback")
+    assert feedback.json["reply"] == "Work was fine. Could the coffee BE any weaker?"
+
+    backend.reply_with("I'm sorry, I was just thinking about coffee.")
+    pressed = await press(world, world.edits[-1][2], world.monica, message_id=reply_id)
+    assert pressed.names() == ["response.defer"]
+    assert backend.requests("/v1/chat")[-1].json == {
+        "channel_id": str(world.channel.id),
+        "user": {"id": str(world.monica.id), "name": world.monica.display_name},
+        "regenerate": True,
+        "stream": True,
+    }
+    assert world.shown() == ["I'm sorry, I was just thinking about coffee."]  # the same message, edited
+    assert world.custom_id(world.edits[-1][2]) == f"chandler:again:{world.monica.id}"
+    assert len(world.payloads) == 1
 
 
 async def test_slash_chandler_apologises_when_backend_is_busy(start, backend):
@@ -643,13 +676,17 @@ async def test_retry_resends_the_same_idempotency_key(start, backend):
 # --- "another one" ------------------------------------------------------------------------------
 
 
-async def press(world: World, payload: dict[str, Any], user: Any, **permissions: bool) -> StandInInteraction:
-    """Presses the button in `payload` the way discord.py dispatches it: the custom_id is matched
-    against the dynamic items registered at start-up, which rebuild the button from it."""
+async def press(
+    world: World, payload: dict[str, Any], user: Any, message_id: int | None = None, **permissions: bool
+) -> StandInInteraction:
+    """Presses the button in `payload` (a post, or with `message_id` an edit of that message) the way
+    discord.py dispatches it: the custom_id is matched against the dynamic items registered at
+    start-up, which rebuild the button from it."""
     custom_id = world.custom_id(payload)
     store = world.bot._connection._view_store
     [(pattern, item_class)] = [(p, c) for p, c in store._dynamic_items.items() if p.fullmatch(custom_id)]
-    message = world.bot._connection._get_message(next(i for i, (_, c) in world.posted.items() if c == payload["content"]))
+    message_id = message_id or next(i for i, (_, c) in world.posted.items() if c == payload["content"])
+    message = world.bot._connection._get_message(message_id)
     act = interaction(world, user=user, message=message, **permissions)
     item = await item_class.from_custom_id(act, None, pattern.fullmatch(custom_id))
     await item.callback(act)
@@ -670,7 +707,6 @@ async def test_another_one_pressed_by_the_asker_replaces_the_reply(start, backen
     assert again.json == {
         "channel_id": str(world.channel.id),
         "user": {"id": str(world.monica.id), "name": world.monica.display_name},
-        "message": "how was work?",
         "regenerate": True,
         "stream": True,
     }
@@ -691,7 +727,8 @@ async def test_another_one_pressed_by_someone_else_is_refused(start, backend):
 
     act = await press(world, reply, world.ross, manage_messages=True)  # a moderator may
     assert act.names() == ["response.defer"]
-    assert backend.requests("/v1/chat")[-1].json["user"]["id"] == str(world.monica.id)  # still Monica's turn
+    assert backend.requests("/v1/chat")[-1].json["user"]["id"] == str(world.ross.id)  # who asked for another one
+    assert world.custom_id(world.edits[-1][2]) == world.custom_id(reply)  # the button stays Monica's
 
 
 async def test_another_one_only_on_the_latest_reply(start, backend):
@@ -825,9 +862,9 @@ async def test_mention_in_a_thread_keeps_the_threads_own_context(start, backend)
 
 async def test_the_button_is_registered_at_start_up(start):
     world = await start()  # nothing sent yet: a button from before a restart must already resolve
-    custom_id = f"chandler:again:{world.monica.id}:{factories.make_id()}"
     store = world.bot._connection._view_store
-    assert [c for p, c in store._dynamic_items.items() if p.fullmatch(custom_id)] == [chandler.AnotherOne]
+    for custom_id in (f"chandler:again:{world.monica.id}:{factories.make_id()}", f"chandler:again:{world.monica.id}"):
+        assert [c for p, c in store._dynamic_items.items() if p.fullmatch(custom_id)] == [chandler.AnotherOne]
 
 
 def test_recent_keeps_only_the_newest_keys():
