@@ -1,7 +1,9 @@
 """The Discord bot, driven by dpytest against a real HTTP backend on loopback that speaks the contract.
 
 dpytest stands in for Discord's gateway and REST API; the slash commands get a stand-in Interaction
-(Discord's side of an interaction), since dpytest does not do interactions. Nothing of the bot is mocked.
+(Discord's side of an interaction), since dpytest does not do interactions, and one test runs a real
+discord.Interaction against Discord's interaction endpoints on loopback (discord_interactions.py).
+Nothing of the bot is mocked.
 """
 
 import asyncio
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import discord.ext.test as dpytest
 import pytest
@@ -22,6 +25,7 @@ import pytest_asyncio
 from bot_backend import DEFAULT_REPLY, Answer, ContractBackend, busy, final, streamed
 from discord.ext.test import backend as fake_discord
 from discord.ext.test import callbacks, factories
+from discord_interactions import TOKEN, DiscordInteractions
 
 from discord_bot import bot as chandler
 from discord_bot import create_bot, lines, split_message
@@ -422,6 +426,37 @@ async def test_slash_chandler_streams_and_its_reply_takes_another_one_and_rating
     assert world.shown() == ["I'm sorry, I was just thinking about coffee."]  # the same message, edited
     assert world.custom_id(world.edits[-1][2]) == f"chandler:again:{world.monica.id}"
     assert len(world.payloads) == 1
+
+
+@pytest_asyncio.fixture
+async def discord_api(monkeypatch):
+    async with DiscordInteractions() as api:
+        monkeypatch.setattr(discord.http.Route, "BASE", api.base)
+        yield api
+
+
+async def test_slash_chandler_through_discords_own_follow_up_code(start, backend, discord_api):
+    world = await start(edit_interval=0.1)
+    session = world.bot.http._HTTPClient__session = aiohttp.ClientSession()  # dpytest's HTTP client has none
+    backend.queue(streamed("Work was fine. Could the coffee BE any weaker?", pieces=3, every=0.05))
+    act = discord_api.slash_command(world.bot._connection, world.channel, world.monica, message="how was work?")
+    try:
+        await world.bot.tree.get_command("chandler").callback(act, message="how was work?")
+    finally:
+        await session.close()
+
+    callback, posted, *edits = discord_api.calls
+    assert (callback.method, callback.path, callback.json) == ("POST", f"/api/v10/interactions/{act.id}/{TOKEN}/callback", {"type": 5})
+    follow_ups = f"/api/v10/webhooks/{world.bot.user.id}/{TOKEN}"
+    assert (posted.method, posted.path, posted.query.get("wait")) == ("POST", follow_ups, "1")
+    assert posted.json["content"] == "Work was fine."  # posted at its first words
+    [message_id] = discord_api.messages
+    assert edits and all((e.method, e.path) == ("PATCH", f"{follow_ups}/messages/{message_id}") for e in edits)
+    assert edits[-1].json["content"] == "Work was fine. Could the coffee BE any weaker?"
+    assert edits[-1].json["components"][0]["components"][0]["custom_id"] == f"chandler:again:{world.monica.id}"
+    assert all(c.json["allowed_mentions"] == {"parse": []} for c in (posted, *edits))
+    assert world.bot.replies[int(message_id)] == (world.channel.id, "Work was fine. Could the coffee BE any weaker?")  # rateable
+    assert world.payloads == []  # nothing went through the channel's own endpoint
 
 
 async def test_slash_chandler_apologises_when_backend_is_busy(start, backend):
