@@ -88,8 +88,8 @@ def read_picks(path: Path, key: dict) -> dict[str, int]:
 
 
 def labelled_items(rounds: list[Path]) -> tuple[list[dict], list[float]]:
-    """Items whose pick is one of the policy's top lines: turns, top lines, the pick's position;
-    and, per round with a second reader, how often the two readers agree."""
+    """Items whose pick is one of the policy's top lines: its id in its round, turns, top lines, the
+    pick's position; and, per round with a second reader, how often the two readers agree."""
     items, agreement = [], []
     for folder in rounds:
         try:
@@ -104,7 +104,7 @@ def labelled_items(rounds: list[Path]) -> tuple[list[dict], list[float]]:
             item = key[item_id]
             top = [item["options"][k] for k in item["top"]]
             if pick in item["top"]:
-                items.append({"turns": item["turns"], "lines": top, "pick": top.index(item["options"][pick])})
+                items.append({"id": item_id, "turns": item["turns"], "lines": top, "pick": top.index(item["options"][pick])})
     if not items:
         raise TrainDataError(f"{', '.join(map(str, rounds))}: no labelled item picks one of the policy's top lines")
     return items, agreement

@@ -19,35 +19,25 @@ from serve.character.preference import Preference  # noqa: E402
 from serve.character.rerank import LmRerank  # noqa: E402
 from serve.character.selector import Selector  # noqa: E402
 from serve.engine import load_engine  # noqa: E402
-from train.preferences import cross_validated, fit_logit, item_features, read_picks  # noqa: E402
+from train.preferences import accuracy, cross_validated, fit_logit, item_features, labelled_items  # noqa: E402
 
 READERS = ROOT / "eval" / "blind" / "probes" / "round3" / "readers"
 SCORES = ROOT / "eval" / "blind-picker" / "pointwise-qwen-coder-1.5b.jsonl"
 SELECTOR = ROOT / "models" / "chandler-selector"
 
 
-def top_is_pick(rows: list[np.ndarray], picks: list[int]) -> float:
-    return round(float(np.mean([np.argmax(row) == pick for row, pick in zip(rows, picks)])), 3)
-
-
 def main() -> None:
-    key = json.loads((READERS / "key.json").read_text(encoding="utf-8"))
-    picks = read_picks(READERS / "labels.jsonl", key)
-    log_odds = {row["id"]: row["log_odds"] for row in map(json.loads, SCORES.read_text(encoding="utf-8").splitlines())}
-    items = []
-    for item_id, pick in picks.items():  # log-odds in the order the options were shown; `top`: the policy's lines among them
-        item = key[item_id]
-        if pick in item["top"]:
-            items.append({"turns": item["turns"], "lines": [item["options"][k] for k in item["top"]],
-                          "pick": item["top"].index(pick), "log_odds": np.array([log_odds[item_id][k] for k in item["top"]])})
+    items, _ = labelled_items([READERS])
+    top = {item_id: item["top"] for item_id, item in json.loads((READERS / "key.json").read_text(encoding="utf-8")).items()}
+    shown = {row["id"]: row["log_odds"] for row in map(json.loads, SCORES.read_text(encoding="utf-8").splitlines())}
+    log_odds = [np.array([shown[item["id"]][k] for k in top[item["id"]]]) for item in items]  # in the policy's order, as `lines`
     lm = LmRerank(1.0)
     lm.bind(load_engine())
     preference = Preference.load(SELECTOR)
     scores = [matrix @ preference.weights for matrix, _, _ in item_features(items, Selector(SELECTOR), lm)]
     chosen = [item["pick"] for item in items]
-    both = [np.stack([score, item["log_odds"]], axis=1) for score, item in zip(scores, items)]
-    print({"items": len(items), "preference": top_is_pick(scores, chosen),
-           "log_odds": top_is_pick([item["log_odds"] for item in items], chosen),
+    both = [np.stack([score, odds], axis=1) for score, odds in zip(scores, log_odds)]
+    print({"items": len(items), "preference": accuracy(scores, chosen), "log_odds": accuracy(log_odds, chosen),
            "both, 5-fold": [cross_validated(both, chosen, seed) for seed in range(3)],
            "both, weights fitted on all": fit_logit(both, chosen).round(3).tolist()})
 
